@@ -1,0 +1,61 @@
+// A small command definition on top of util.parseArgs: typed flags with defaults, and `--help` generated from them.
+import { parseArgs } from 'node:util';
+
+export interface FlagSpec {
+  type: 'string' | 'boolean';
+  description: string;
+  /** Shown in --help; applied when the flag is absent. */
+  default?: string | boolean;
+  /** The value's name in --help, e.g. ADDRESS. */
+  valueName?: string;
+  multiple?: boolean;
+  short?: string;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  /** Extra lines printed after the flag list. */
+  details?: string;
+  flags: Record<string, FlagSpec>;
+  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number | void> | number | void;
+}
+
+export function helpText(command: Command): string {
+  const lines = [`usage: cgi-runner ${command.name} [flags]`, '', command.summary, '', 'flags:'];
+  const entries = Object.entries(command.flags).map(([name, spec]) => {
+    const left = `  --${name}${spec.type === 'string' ? ` ${spec.valueName ?? 'VALUE'}` : ''}`;
+    const def = spec.default === undefined || spec.default === false ? '' : ` (default: ${spec.default})`;
+    const rep = spec.multiple ? ' (repeatable)' : '';
+    return [left, `${spec.description}${def}${rep}`] as const;
+  });
+  entries.push(['  --help', 'show this help']);
+  const width = Math.max(...entries.map(([l]) => l.length)) + 2;
+  for (const [left, right] of entries) lines.push(left.padEnd(width) + right);
+  if (command.details) lines.push('', command.details);
+  return lines.join('\n') + '\n';
+}
+
+/** Parses argv for a command; throws a TypeError with a readable message on unknown or malformed flags. */
+export function parseCommandArgs(command: Command, argv: string[]) {
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; default?: string | boolean }> = {};
+  for (const [name, spec] of Object.entries(command.flags)) {
+    options[name] = { type: spec.type, multiple: spec.multiple, short: spec.short };
+    if (spec.default !== undefined && !spec.multiple) options[name].default = spec.default;
+  }
+  options.help = { type: 'boolean', short: 'h' };
+  const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  return { values: values as Record<string, string | boolean | string[] | undefined>, positionals };
+}
+
+/** Reads an integer flag, failing with the flag's name when it is not one. */
+export function intFlag(values: Record<string, unknown>, name: string, min = 0): number {
+  const raw = values[name];
+  const n = typeof raw === 'string' ? Number(raw) : NaN;
+  if (!Number.isInteger(n) || n < min) throw new TypeError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+export function optionalIntFlag(values: Record<string, unknown>, name: string, min = 0): number | undefined {
+  return values[name] === undefined ? undefined : intFlag(values, name, min);
+}

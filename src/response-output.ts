@@ -1,0 +1,69 @@
+// Turns a Fetch Response into CGI output: the `Status:` header block, and the body as bytes or a stream.
+
+const reasonPhrases: Record<number, string> = {
+  100: 'Continue', 101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 203: 'Non-Authoritative Information',
+  204: 'No Content', 205: 'Reset Content', 206: 'Partial Content', 300: 'Multiple Choices', 301: 'Moved Permanently', 302: 'Found',
+  303: 'See Other', 304: 'Not Modified', 307: 'Temporary Redirect', 308: 'Permanent Redirect', 400: 'Bad Request',
+  401: 'Unauthorized', 402: 'Payment Required', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable',
+  407: 'Proxy Authentication Required', 408: 'Request Timeout', 409: 'Conflict', 410: 'Gone', 411: 'Length Required',
+  412: 'Precondition Failed', 413: 'Content Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 416: 'Range Not Satisfiable',
+  417: 'Expectation Failed', 418: "I'm a teapot", 421: 'Misdirected Request', 422: 'Unprocessable Content', 425: 'Too Early',
+  426: 'Upgrade Required', 428: 'Precondition Required', 429: 'Too Many Requests', 431: 'Request Header Fields Too Large',
+  451: 'Unavailable For Legal Reasons', 500: 'Internal Server Error', 501: 'Not Implemented', 502: 'Bad Gateway',
+  503: 'Service Unavailable', 504: 'Gateway Timeout', 505: 'HTTP Version Not Supported',
+};
+
+export function reasonPhrase(status: number): string {
+  return reasonPhrases[status] ?? 'Unknown';
+}
+
+// A CR or LF in a header value would split the response in two (response splitting): such
+// characters are replaced by a space, as Go's net/http does for header values.
+function safeValue(value: string): string {
+  return /[\r\n\0]/.test(value) ? value.replace(/[\r\n\0]/g, ' ') : value;
+}
+
+/**
+ * The CGI header block for a Response (RFC 3875 §6.3): `Status: 418 I'm a teapot`, each header on
+ * its own line (every Set-Cookie separate), then a blank line.
+ */
+export function cgiHeaderBlock(response: Response): string {
+  const status = response.status;
+  let head = `Status: ${status} ${response.statusText || reasonPhrase(status)}\r\n`;
+  for (const [name, value] of response.headers) {
+    if (name === 'set-cookie') continue;
+    head += `${name}: ${safeValue(value)}\r\n`;
+  }
+  if (response.headers.has('set-cookie')) {
+    for (const cookie of response.headers.getSetCookie()) head += `set-cookie: ${safeValue(cookie)}\r\n`;
+  }
+  return head + '\r\n';
+}
+
+let stateSymbol: symbol | null | undefined;
+
+// undici keeps the body it was constructed with (a string or bytes) as `[Symbol(state)].body.source`.
+// Reading it skips a ReadableStream per response; if the layout ever changes, the stream path is used.
+function findStateSymbol(): symbol | null {
+  const probe = new Response('probe');
+  for (const sym of Object.getOwnPropertySymbols(probe)) {
+    const state = (probe as unknown as Record<symbol, { body?: { source?: unknown } }>)[sym];
+    if (sym.description === 'state' && state?.body?.source === 'probe') return sym;
+  }
+  return null;
+}
+
+/**
+ * The body of a Response as bytes when it was built from a string or bytes and nobody read it,
+ * otherwise undefined (use the stream). `null` means no body at all.
+ */
+export function plainBody(response: Response): Uint8Array | string | null | undefined {
+  if (response.body === null) return null;
+  if (stateSymbol === undefined) stateSymbol = findStateSymbol();
+  if (!stateSymbol || response.bodyUsed) return undefined;
+  const source = (response as unknown as Record<symbol, { body?: { source?: unknown; stream?: ReadableStream } }>)[stateSymbol]?.body;
+  if (!source || source.stream?.locked) return undefined;
+  const value = source.source;
+  if (typeof value === 'string' || value instanceof Uint8Array) return value;
+  return undefined;
+}
