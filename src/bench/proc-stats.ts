@@ -1,0 +1,167 @@
+// Server-side CPU time and peak RSS of process trees, read from /proc: utime+stime of live members plus cutime+cstime for children already reaped.
+import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
+
+export interface ProcStat {
+  pid: number;
+  ppid: number;
+  state: string;
+  /** utime + stime, in clock ticks. */
+  selfTicks: number;
+  /** cutime + cstime: CPU of children this process has waited for, in clock ticks. */
+  childTicks: number;
+  /** Resident set size in bytes. */
+  rssBytes: number;
+}
+
+let ticksPerSecond: number | undefined;
+let pageSize: number | undefined;
+
+function sysconf(name: string, fallback: number): number {
+  try {
+    const n = Number(execFileSync('getconf', [name], { encoding: 'utf8' }).trim());
+    return Number.isInteger(n) && n > 0 ? n : fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+/** USER_HZ, the unit of the CPU fields in /proc/PID/stat (100 on every common Linux). */
+export function clockTicksPerSecond(): number {
+  return (ticksPerSecond ??= sysconf('CLK_TCK', 100));
+}
+
+function pageBytes(): number {
+  return (pageSize ??= sysconf('PAGESIZE', 4096));
+}
+
+/** True when /proc has what these measurements need (Linux). */
+export function procAvailable(): boolean {
+  return fs.existsSync('/proc/self/stat');
+}
+
+/** Parses /proc/PID/stat; undefined when the process is gone. */
+export function readStat(pid: number): ProcStat | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // The command name (field 2) may contain spaces and parentheses: the fields start after the last ')'.
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // f[0] is field 3 (state); utime is field 14, so f[11]; stime f[12], cutime f[13], cstime f[14], rss (pages) field 24 = f[21].
+  return {
+    pid,
+    ppid: Number(f[1]),
+    state: f[0]!,
+    selfTicks: Number(f[11]) + Number(f[12]),
+    childTicks: Number(f[13]) + Number(f[14]),
+    rssBytes: Number(f[21]) * pageBytes(),
+  };
+}
+
+/** Every process on the machine, read once: a scan costs ~1.5 ms for 100 processes. */
+export function readAllStats(): Map<number, ProcStat> {
+  const all = new Map<number, ProcStat>();
+  for (const entry of fs.readdirSync('/proc')) {
+    const c = entry.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    const stat = readStat(Number(entry));
+    if (stat) all.set(stat.pid, stat);
+  }
+  return all;
+}
+
+/** The roots and all their descendants (zombies included: their CPU has not moved to the parent yet). */
+export function treeOf(roots: readonly number[], all = readAllStats()): ProcStat[] {
+  const children = new Map<number, ProcStat[]>();
+  for (const stat of all.values()) {
+    const list = children.get(stat.ppid);
+    if (list) list.push(stat);
+    else children.set(stat.ppid, [stat]);
+  }
+  const out: ProcStat[] = [];
+  const seen = new Set<number>();
+  const stack = roots.filter((pid) => all.has(pid)).map((pid) => all.get(pid)!);
+  while (stack.length) {
+    const stat = stack.pop()!;
+    if (seen.has(stat.pid)) continue;
+    seen.add(stat.pid);
+    out.push(stat);
+    for (const child of children.get(stat.pid) ?? []) stack.push(child);
+  }
+  return out;
+}
+
+/** The pids of a tree, roots first. */
+export function treePids(roots: readonly number[]): number[] {
+  return treeOf(roots).map((s) => s.pid);
+}
+
+/**
+ * CPU ticks a tree has used so far. A process's time is in its own utime+stime while it lives
+ * (or is a zombie), and moves into its parent's cutime+cstime once reaped, so summing both over
+ * the live tree counts every process exactly once, including CGI children that came and went.
+ */
+export function treeCpuTicks(tree: readonly ProcStat[]): number {
+  let ticks = 0;
+  for (const s of tree) ticks += s.selfTicks + s.childTicks;
+  return ticks;
+}
+
+export function treeRssBytes(tree: readonly ProcStat[]): number {
+  let bytes = 0;
+  for (const s of tree) if (s.state !== 'Z') bytes += s.rssBytes;
+  return bytes;
+}
+
+export interface TreeUsage {
+  /** CPU time used by the tree during the window, in ms (10 ms resolution per process). */
+  cpuMs: number;
+  /** The largest sum of RSS over the tree seen by any sample (shared pages counted once per process). */
+  peakRssBytes: number;
+  samples: number;
+}
+
+/**
+ * Samples a set of process trees while a measurement runs: CPU as the difference between the start
+ * and the end, RSS as the peak of periodic samples. Short-lived CGI children are caught in the RSS
+ * samples only when a sample falls in their lifetime, which at 100 ms intervals and a steady load
+ * of such children is most samples.
+ */
+export class TreeSampler {
+  private startTicks = 0;
+  private peak = 0;
+  private samples = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly roots: readonly number[],
+    private readonly intervalMs = 100,
+  ) {}
+
+  start(): void {
+    const tree = treeOf(this.roots);
+    this.startTicks = treeCpuTicks(tree);
+    this.peak = treeRssBytes(tree);
+    this.samples = 1;
+    this.timer = setInterval(() => this.sample(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  private sample(): ProcStat[] {
+    const tree = treeOf(this.roots);
+    this.peak = Math.max(this.peak, treeRssBytes(tree));
+    this.samples++;
+    return tree;
+  }
+
+  stop(): TreeUsage {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    const tree = this.sample();
+    const ticks = treeCpuTicks(tree) - this.startTicks;
+    return { cpuMs: (Math.max(0, ticks) * 1000) / clockTicksPerSecond(), peakRssBytes: this.peak, samples: this.samples };
+  }
+}
