@@ -12,6 +12,8 @@ export interface ProcStat {
   childTicks: number;
   /** Resident set size in bytes. */
   rssBytes: number;
+  /** Start time in clock ticks since boot: with the pid, identifies a process even after pid reuse. */
+  startTime: number;
 }
 
 let ticksPerSecond: number | undefined;
@@ -58,6 +60,7 @@ export function readStat(pid: number): ProcStat | undefined {
     selfTicks: Number(f[11]) + Number(f[12]),
     childTicks: Number(f[13]) + Number(f[14]),
     rssBytes: Number(f[21]) * pageBytes(),
+    startTime: Number(f[19]),
   };
 }
 
@@ -136,13 +139,18 @@ export class TreeSampler {
   private samples = 0;
   private timer: NodeJS.Timeout | undefined;
 
+  /**
+   * @param seen collects pid → start time of every process seen in the trees, so that whatever
+   * outlives a stop can be found and killed without touching a process that reused a pid.
+   */
   constructor(
     private readonly roots: readonly number[],
     private readonly intervalMs = 100,
+    private readonly seen?: Map<number, number>,
   ) {}
 
   start(): void {
-    const tree = treeOf(this.roots);
+    const tree = this.observe(treeOf(this.roots));
     this.startTicks = treeCpuTicks(tree);
     this.peak = treeRssBytes(tree);
     this.samples = 1;
@@ -150,8 +158,13 @@ export class TreeSampler {
     this.timer.unref();
   }
 
+  private observe(tree: ProcStat[]): ProcStat[] {
+    if (this.seen) for (const s of tree) this.seen.set(s.pid, s.startTime);
+    return tree;
+  }
+
   private sample(): ProcStat[] {
-    const tree = treeOf(this.roots);
+    const tree = this.observe(treeOf(this.roots));
     this.peak = Math.max(this.peak, treeRssBytes(tree));
     this.samples++;
     return tree;
@@ -164,4 +177,14 @@ export class TreeSampler {
     const ticks = treeCpuTicks(tree) - this.startTicks;
     return { cpuMs: (Math.max(0, ticks) * 1000) / clockTicksPerSecond(), peakRssBytes: this.peak, samples: this.samples };
   }
+}
+
+/** The processes of `seen` that still run (same pid and same start time), zombies excluded. */
+export function survivors(seen: ReadonlyMap<number, number>): number[] {
+  const alive: number[] = [];
+  for (const [pid, startTime] of seen) {
+    const stat = readStat(pid);
+    if (stat && stat.startTime === startTime && stat.state !== 'Z' && stat.state !== 'X') alive.push(pid);
+  }
+  return alive;
 }

@@ -17,7 +17,6 @@ export interface BenchResult {
 }
 
 export interface MachineInfo {
-  hostname: string;
   platform: string;
   kernel: string;
   cpuModel: string;
@@ -52,6 +51,8 @@ export interface RunInfo {
   /** Per target and connection count: requests never sent in open loop (their latency is a lower bound). */
   unsent: Record<string, number>;
   errorKinds: Record<string, Record<string, number>>;
+  /** Every process seen serving a target; none may be left when the run ends. */
+  pids: number[];
 }
 
 export interface BenchReport {
