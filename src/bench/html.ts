@@ -111,7 +111,9 @@ export function latencyChart(rows: readonly BenchResult[], colours: Map<string, 
       const to = x.at(l.p50);
       parts.push(`<line x1="${from}" x2="${to}" y1="${y - 11}" y2="${y - 11}" class="bracket"/>`);
       parts.push(`<line x1="${from}" x2="${from}" y1="${y - 14}" y2="${y - 8}" class="bracket-end"/>`);
-      parts.push(text((from + to) / 2, y - 14, `+${formatMs(l.p50 - reference.latencyMs.p50)} process start`, 'class="note" text-anchor="middle"'));
+      // With one connection nothing queues, so the whole gap is the process start; with more it also holds queueing.
+      const what = connections === 1 ? 'process start' : `over ${reference.target}`;
+      parts.push(text((from + to) / 2, y - 14, `+${formatMs(l.p50 - reference.latencyMs.p50)} ${what}`, 'class="note" text-anchor="middle"'));
     }
     parts.push(`<line x1="${x.at(l.p50)}" x2="${x.at(l.max)}" y1="${y}" y2="${y}" stroke="${c}" stroke-width="2" opacity="0.6"/>`);
     parts.push(`<circle cx="${x.at(l.p90)}" cy="${y}" r="4" fill="${c}"/>`);
@@ -267,18 +269,18 @@ export function renderHtml(report: BenchReport): string {
 ${escapeHtml(`${machine.cpus} × ${machine.cpuModel}, ${Math.round(machine.memoryMb / 1024)} GiB, ${machine.platform} ${machine.kernel}, Node ${machine.node}`)}<br>
 ${escapeHtml(machine.pinning.description)}</p>
 ${lines.length ? `<div class="headline">${lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}</div>` : ''}
-<h2>Latency</h2>
+<h2 id="latency">Latency</h2>
 ${legend}
 <p>Each row is a target; the big dot is the median, the bar on the right is the slowest request. The scale is logarithmic: each gridline is ten times the one before. The dashed red brackets show what starting a process for every request adds to the median, against the persistent responder.</p>
 ${latencyCharts}
-<h2>Throughput</h2>
+<h2 id="throughput">Throughput</h2>
 <p>Dashed lines are CGI targets. A persistent responder gains from more connections until the server's core is busy; a process per request is bound by process start.</p>
 ${results.length ? throughputChart(results, colours) : ''}
-<h2>Cost per request</h2>
+<h2 id="cost">Cost per request</h2>
 ${high !== undefined ? resourceChart(results.filter((r) => r.connections === high), colours, high) : ''}
-<h2>All results</h2>
+<h2 id="results">All results</h2>
 ${resultsTable(report)}
-<h2>How this was measured</h2>
+<h2 id="method">How this was measured</h2>
 <ul>
 <li>${escapeHtml(`${run.rounds} round${run.rounds === 1 ? '' : 's'} of ${(run.durationSeconds / run.rounds).toFixed(1)} s per target and connection count, targets in alternation (A B A B), each step after a ${run.warmupSeconds} s warm-up; the figures are the medians of the rounds (max is the max of all rounds).`)}</li>
 <li>${escapeHtml(`Load: ${loop}. Latencies are kept in an HDR histogram at nanosecond resolution with 3 significant figures.`)}</li>

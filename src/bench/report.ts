@@ -66,7 +66,8 @@ export function formatMs(ms: number): string {
   if (!Number.isFinite(ms)) return '-';
   if (ms < 1) return `${Math.round(ms * 1000)} µs`;
   if (ms < 10) return `${ms.toFixed(2)} ms`;
-  if (ms < 1000) return `${ms.toFixed(1)} ms`;
+  if (ms < 100) return `${ms.toFixed(1)} ms`;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
   return `${(ms / 1000).toFixed(2)} s`;
 }
 
@@ -171,7 +172,7 @@ export function headline(results: readonly BenchResult[]): string[] {
   if (cgiTs && fcgiTs) {
     lines.push(
       `The same app (fcgi/hello.ts) at ${high} connections: as FastCGI it serves ${formatRatio(fcgiTs.rps / cgiTs.rps)} the requests/s of CGI ` +
-        `(${formatRate(fcgiTs.rps)} against ${formatRate(cgiTs.rps)}), at ${formatRatio(cgiTs.latencyMs.p50 / fcgiTs.latencyMs.p50)} less latency at p50, ` +
+        `(${formatRate(fcgiTs.rps)} against ${formatRate(cgiTs.rps)}) with a median latency ${formatRatio(cgiTs.latencyMs.p50 / fcgiTs.latencyMs.p50)} lower, ` +
         `and uses ${formatMs(fcgiTs.cpuMsPerRequest)} of server CPU per request against ${formatMs(cgiTs.cpuMsPerRequest)}.`,
     );
   }
