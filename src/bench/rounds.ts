@@ -1,5 +1,6 @@
 // The measurement schedule: rounds in alternation (A B A B) over targets and connection counts, each step a warm-up then a measured load, combined as the median of rounds.
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { median, medianOfRounds, type LatencySummary } from './histogram.ts';
 import { startLoad, type LoadResult } from './loadgen.ts';
 import { TreeSampler, type TreeUsage } from './proc-stats.ts';
@@ -8,6 +9,9 @@ import { formatProgress } from './progress.ts';
 import type { BenchResult } from './report.ts';
 import type { RunningTarget } from './stack.ts';
 import { HELLO_BODY } from './targets.ts';
+
+const WARMUP_DRAIN_MS = 250;
+const SETTLE_MS = 100;
 
 export interface Schedule {
   rounds: number;
@@ -82,8 +86,8 @@ export async function runRounds(options: RoundsOptions): Promise<RoundsOutcome> 
           rate: 0,
           errors: 0,
         };
-        const load = (durationMs: number) =>
-          startLoad({ url: target.url, connections: c, durationMs, rate: options.rate, expectBody: HELLO_BODY, signal, timeoutMs: options.timeoutMs });
+        const load = (durationMs: number, drainMs?: number) =>
+          startLoad({ url: target.url, connections: c, durationMs, rate: options.rate, expectBody: HELLO_BODY, signal, timeoutMs: options.timeoutMs, drainMs });
         const watch = (run: ReturnType<typeof startLoad>, phase: ProgressState['phase'], stepTotal: number) => {
           const tick = () => {
             const elapsed = (performance.now() - began) / 1000;
@@ -103,10 +107,13 @@ export async function runRounds(options: RoundsOptions): Promise<RoundsOutcome> 
           return () => clearInterval(timer);
         };
 
-        // Warm-up: same connections and rate, results discarded; in-flight requests end before the measurement.
-        const warm = load(schedule.warmupSeconds * 1000);
+        // Warm-up: same connections and rate, results discarded. Requests still in flight at its end are
+        // cut off rather than waited for (a CGI request under load can take seconds); the server kills
+        // their scripts, and a short pause lets it settle before the measured window opens.
+        const warm = load(schedule.warmupSeconds * 1000, WARMUP_DRAIN_MS);
         let unwatch = watch(warm, 'warm-up', schedule.warmupSeconds);
         await warm.done.catch(() => undefined).finally(unwatch);
+        await sleep(SETTLE_MS);
         if (signal.aborted) {
           aborted = true;
           break outer;
