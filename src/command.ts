@@ -40,7 +40,9 @@ export function helpText(command: Command): string {
 export function parseCommandArgs(command: Command, argv: string[]) {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; default?: string | boolean }> = {};
   for (const [name, spec] of Object.entries(command.flags)) {
-    options[name] = { type: spec.type, multiple: spec.multiple, short: spec.short };
+    options[name] = { type: spec.type };
+    if (spec.multiple) options[name].multiple = true;
+    if (spec.short) options[name].short = spec.short;
     if (spec.default !== undefined && !spec.multiple) options[name].default = spec.default;
   }
   options.help = { type: 'boolean', short: 'h' };

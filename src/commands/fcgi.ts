@@ -1,0 +1,96 @@
+// `cgi-runner fcgi`: a FastCGI responder hosting a Fetch-style app, in one process or a node:cluster of workers.
+import cluster from 'node:cluster';
+import { intFlag, type Command } from '../command.ts';
+import { Responder, defaultResponderOptions } from '../fastcgi/responder.ts';
+import { startResponderServer, stopOnSignals } from '../fastcgi/server.ts';
+import { loadApp } from '../handler.ts';
+import { describeTarget, inheritedListenTarget, noListenerHelp, parseListenAddress, parseSocketMode, removeStaleSocket, type ListenTarget } from '../listen.ts';
+import { logError, logInfo, setLogFormat, type LogFormat } from '../log.ts';
+import { runPrimary } from '../workers.ts';
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+export const fcgiCommand: Command = {
+  name: 'fcgi',
+  summary: 'Run a FastCGI responder (FastCGI 1.0, multiplexing) for a Fetch-style app: export default { fetch(request, context) }.',
+  details: [
+    'ADDRESS is host:port, a unix socket path (or unix:/path), or fd:N.',
+    'Without --listen the responder uses an inherited listening socket: fd 0 (spawn-fcgi, mod_fcgid, lighttpd)',
+    'or fd 3 with LISTEN_FDS/LISTEN_PID (systemd socket activation).',
+    'SIGTERM or SIGQUIT: stop accepting, finish in-flight requests (up to --shutdown-timeout), exit 0.',
+  ].join('\n'),
+  flags: {
+    listen: { type: 'string', valueName: 'ADDRESS', description: 'where to listen (default: the inherited socket)' },
+    app: { type: 'string', valueName: 'FILE', description: 'the app module to serve' },
+    workers: { type: 'string', valueName: 'N', default: '1', description: 'processes (node:cluster), e.g. one per core' },
+    'socket-mode': { type: 'string', valueName: 'MODE', default: '0660', description: 'permissions of a unix socket file' },
+    'max-conns': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxConns), description: 'connections per process (FCGI_MAX_CONNS)' },
+    'max-reqs': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxReqs), description: 'requests in flight per process (FCGI_MAX_REQS); more get FCGI_OVERLOADED' },
+    'max-params': { type: 'string', valueName: 'BYTES', default: String(defaultResponderOptions.maxParamsBytes), description: 'PARAMS bytes per request' },
+    'stdin-buffer': { type: 'string', valueName: 'BYTES', default: String(defaultResponderOptions.stdinHighWaterMark), description: 'request body bytes queued for the app before the socket is paused' },
+    'idle-timeout': { type: 'string', valueName: 'SECONDS', default: String(defaultResponderOptions.idleTimeoutMs / 1000), description: 'close a connection idle this long (0: never)' },
+    'request-timeout': { type: 'string', valueName: 'SECONDS', default: '0', description: 'abort a request running this long (0: never)' },
+    'shutdown-timeout': { type: 'string', valueName: 'SECONDS', default: '30', description: 'how long a graceful stop waits for in-flight requests' },
+    'log-format': { type: 'string', valueName: 'FORMAT', default: 'combined', description: 'access and error log format: combined or json' },
+    'no-access-log': { type: 'boolean', description: 'do not write an access line per request' },
+  },
+  async run(values) {
+    setLogFormat(values['log-format'] as LogFormat);
+    const workers = intFlag(values, 'workers', 1);
+    const socketMode = parseSocketMode(values['socket-mode'] as string);
+    const target = resolveTarget(values);
+    if (cluster.isPrimary) {
+      if (!values.app) throw new TypeError('--app FILE is required');
+      if (target.kind === 'unix') await removeStaleSocket(target.path);
+    }
+    if (workers > 1 && cluster.isPrimary) {
+      return runPrimary({ workers, describe: `fcgi ${describeTarget(target)}`, shutdownMs: intFlag(values, 'shutdown-timeout') * 1000 });
+    }
+    return runResponderProcess(values, target, socketMode);
+  },
+};
+
+function resolveTarget(values: Values): ListenTarget {
+  if (typeof values.listen === 'string') return parseListenAddress(values.listen);
+  const inherited = inheritedListenTarget();
+  if (!inherited) throw new TypeError(noListenerHelp);
+  return inherited;
+}
+
+async function runResponderProcess(values: Values, target: ListenTarget, socketMode: number): Promise<number> {
+  const appFile = values.app as string;
+  let app;
+  try {
+    app = await loadApp(appFile);
+  } catch (err) {
+    logError((err as Error).message);
+    return 1;
+  }
+  const responder = new Responder(app, {
+    maxConns: intFlag(values, 'max-conns', 1),
+    maxReqs: intFlag(values, 'max-reqs', 1),
+    maxParamsBytes: intFlag(values, 'max-params', 1024),
+    stdinHighWaterMark: intFlag(values, 'stdin-buffer', 1),
+    idleTimeoutMs: intFlag(values, 'idle-timeout') * 1000,
+    requestTimeoutMs: intFlag(values, 'request-timeout') * 1000,
+    accessLog: !values['no-access-log'],
+    target: appFile,
+  });
+  let server;
+  try {
+    server = await startResponderServer(responder, target, socketMode);
+  } catch (err) {
+    logError(`fcgi: cannot listen on ${describeTarget(target)}: ${(err as Error).message}`);
+    return 1;
+  }
+  const shutdownMs = intFlag(values, 'shutdown-timeout') * 1000;
+  if (cluster.isWorker) {
+    process.on('SIGTERM', () => server.stop(shutdownMs).then(() => process.exit(0)));
+    process.on('SIGQUIT', () => server.stop(shutdownMs).then(() => process.exit(0)));
+    process.on('SIGINT', () => {}); // the primary decides; Ctrl-C reaches the whole group
+  } else {
+    stopOnSignals(() => server.stop(shutdownMs), 'fcgi');
+    logInfo(`fcgi: serving ${appFile} on ${describeTarget(target)} (pid ${process.pid})`);
+  }
+  return new Promise<number>(() => {}); // runs until a signal stops the process
+}
