@@ -47,7 +47,7 @@ function sampleReport(): BenchReport {
     }
   }
   return {
-    machine: { platform: 'Linux', kernel: '6.1', cpuModel: 'Test CPU', cpus: 2, memoryMb: 4096, node: 'v20.19.0', pinning: { enabled: true, description: 'load generator on CPU 1, servers on CPU 0', loadGenerator: '1', servers: '0' } },
+    machine: { platform: 'Linux', kernel: '6.1', cpuModel: 'Test CPU', cpus: 2, memoryMb: 4096, loadAverage: [0.1, 0.2, 0.3], node: 'v20.19.0', pinning: { enabled: true, description: 'load generator on CPU 1, servers on CPU 0', loadGenerator: '1', servers: '0' } },
     results,
     run: {
       command: 'cgi-runner bench --html report.html',

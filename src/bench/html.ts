@@ -257,7 +257,7 @@ export function renderHtml(report: BenchReport): string {
   const legend = `<p class="legend">${modes.map((m) => `<span><i style="background:${MODE_COLOURS[m][0]}"></i>${MODE_LABELS[m]}</span>`).join('')}</p>`;
   const latencyCharts = cs.map((c) => latencyChart(results.filter((r) => r.connections === c), colours, c)).join('\n');
   const high = cs.at(-1);
-  const lines = headline(results);
+  const lines = headline(results, run.rate);
   const loop = run.rate ? `open loop at ${run.rate} requests/s (latency measured from each request's intended send time, so queueing shows)` : 'closed loop (each connection sends its next request when the previous answer arrives)';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -266,7 +266,7 @@ export function renderHtml(report: BenchReport): string {
 <body>
 <h1>CGI against FastCGI: latency benchmark</h1>
 <p class="meta">${escapeHtml(run.startedAt)} · <code>${escapeHtml(run.command)}</code><br>
-${escapeHtml(`${machine.cpus} × ${machine.cpuModel}, ${Math.round(machine.memoryMb / 1024)} GiB, ${machine.platform} ${machine.kernel}, Node ${machine.node}`)}<br>
+${escapeHtml(`${machine.cpus} × ${machine.cpuModel}, ${Math.round(machine.memoryMb / 1024)} GiB, ${machine.platform} ${machine.kernel}, Node ${machine.node}, load average ${machine.loadAverage.join(' ')} at the start`)}<br>
 ${escapeHtml(machine.pinning.description)}</p>
 ${lines.length ? `<div class="headline">${lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}</div>` : ''}
 <h2 id="latency">Latency</h2>

@@ -22,6 +22,8 @@ export interface MachineInfo {
   cpuModel: string;
   cpus: number;
   memoryMb: number;
+  /** 1, 5 and 15 minute load averages when the run started: other work on the machine skews results. */
+  loadAverage: number[];
   node: string;
   /** What ran where: the pinning plan and the CPUs each side actually had. */
   pinning: { enabled: boolean; description: string; loadGenerator: string; servers: string };
@@ -148,9 +150,10 @@ function find(results: readonly BenchResult[], target: string, connections: numb
  * median (at the lowest connection count, where nothing queues), and the same app as CGI and as
  * FastCGI at the highest.
  */
-export function headline(results: readonly BenchResult[]): string[] {
+export function headline(results: readonly BenchResult[], rate: number | null = null): string[] {
   const lines: string[] = [];
   if (results.length === 0) return lines;
+  if (rate) return openLoopHeadline(results, rate);
   const cs = [...new Set(results.map((r) => r.connections))].sort((a, b) => a - b);
   const low = cs[0]!;
   const high = cs.at(-1)!;
@@ -179,6 +182,22 @@ export function headline(results: readonly BenchResult[]): string[] {
   const floor = find(results, 'node-http', low);
   if (floor && persistent) {
     lines.push(`A gateway in front of a persistent app adds ${formatMs(Math.max(0, persistent.latencyMs.p50 - floor.latencyMs.p50))} at the median over a plain node:http server (${formatMs(floor.latencyMs.p50)}).`);
+  }
+  return lines;
+}
+
+/** In open loop the question is which targets kept up with the offered rate, and what queueing did to the rest. */
+function openLoopHeadline(results: readonly BenchResult[], rate: number): string[] {
+  const lines: string[] = [];
+  for (const c of [...new Set(results.map((r) => r.connections))].sort((a, b) => a - b)) {
+    const rows = results.filter((r) => r.connections === c);
+    // Within 5 % of the offered rate counts as keeping up.
+    const kept = rows.filter((r) => r.rps >= rate * 0.95);
+    const behind = rows.filter((r) => r.rps < rate * 0.95);
+    const parts = [`Offered ${formatRate(rate)} requests/s on ${c} connection${c === 1 ? '' : 's'}`];
+    if (kept.length) parts.push(`${joinWords(kept.map((r) => `${r.target} (p99 ${formatMs(r.latencyMs.p99)})`))} kept up`);
+    if (behind.length) parts.push(`${joinWords(behind.map((r) => `${r.target} (${formatRate(r.rps)}/s, p50 ${formatMs(r.latencyMs.p50)})`))} fell behind, and their latency is mostly time spent waiting in the queue`);
+    lines.push(parts.join(': ') + '.');
   }
   return lines;
 }

@@ -45,6 +45,7 @@ function machineInfo(pinning: MachineInfo['pinning']): MachineInfo {
     // os.cpus(), not availableParallelism(): this process is pinned to one CPU by now.
     cpus: os.cpus().length,
     memoryMb: Math.round(os.totalmem() / (1024 * 1024)),
+    loadAverage: os.loadavg().map((n) => Math.round(n * 100) / 100),
     node: process.version,
     pinning,
   };
@@ -96,6 +97,10 @@ export const benchCommand: Command = {
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+
+    // Other work on the machine moves every number; say so rather than print noise as fact.
+    const [load1] = os.loadavg();
+    if (load1! > 0.5) say(`the machine is busy (load average ${load1!.toFixed(2)} before starting): expect noisy results`);
 
     const plan = planPinning();
     // Pin the load generator (this process, every thread) first: children then start on its CPU
@@ -160,7 +165,7 @@ export const benchCommand: Command = {
       process.stdout.write(`\nratios against ${baseline} at the same connection count; latency from ${rate ? 'intended send time (open loop)' : 'send time (closed loop)'}; medians of ${schedule.rounds} round(s)\n`);
       for (const [k, n] of Object.entries(outcome.unsent)) process.stdout.write(`${k}: ${n} requests never sent (every connection busy); their latency is counted as a lower bound\n`);
       for (const [k, kinds] of Object.entries(outcome.errorKinds)) process.stdout.write(`${k} errors: ${Object.entries(kinds).map(([kind, n]) => `${n} × ${kind}`).join(', ')}\n`);
-      const lines = headline(report.results);
+      const lines = headline(report.results, report.run.rate);
       if (lines.length) process.stdout.write('\n' + lines.join('\n') + '\n');
       if (typeof values.json === 'string') {
         await fs.promises.writeFile(values.json, JSON.stringify(report, null, 2) + '\n');
