@@ -7,7 +7,7 @@ import type { Command } from '../command.ts';
 import { renderHtml } from '../bench/html.ts';
 import { pinPid, planPinning, describeAffinity } from '../bench/pinning.ts';
 import { procAvailable } from '../bench/proc-stats.ts';
-import { Progress } from '../bench/progress.ts';
+import { formatClock, Progress } from '../bench/progress.ts';
 import { headline, terminalTable, type BenchReport, type MachineInfo } from '../bench/report.ts';
 import { planSchedule, runRounds } from '../bench/rounds.ts';
 import { startStack } from '../bench/stack.ts';
@@ -132,9 +132,11 @@ export const benchCommand: Command = {
       say(pinning.description);
       for (const t of stack.targets) say(`${t.name}: ${t.url} (CPUs ${t.cpus})`);
       const steps = schedule.rounds * connections.length * stack.targets.length;
+      const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
       say(
-        `${stack.targets.length} targets × ${connections.length} connection counts × ${schedule.rounds} rounds of ${schedule.roundSeconds.toFixed(2)} s ` +
-          `(+${schedule.warmupSeconds} s warm-up) ≈ ${Math.ceil((steps * (schedule.roundSeconds + schedule.warmupSeconds)) / 60)} min, ${rate ? `open loop at ${rate} req/s` : 'closed loop'}`,
+        `${plural(stack.targets.length, 'target')} × ${plural(connections.length, 'connection count')} × ${plural(schedule.rounds, 'round')} of ${schedule.roundSeconds.toFixed(2)} s ` +
+          `(+${schedule.warmupSeconds} s warm-up) ≈ ${formatClock(steps * (schedule.roundSeconds + schedule.warmupSeconds))} plus the time slow targets take to answer, ` +
+          (rate ? `open loop at ${rate} req/s` : 'closed loop'),
       );
       const startedAt = new Date().toISOString();
       const outcome = await runRounds({ targets: stack.targets, connections, schedule, rate, signal: controller.signal, progress, seen: stack.seen });
