@@ -1,5 +1,6 @@
 // Starts the selected targets and the one nginx they share, pins them to the server CPUs, checks each answers, and stops everything.
 import http from 'node:http';
+import os from 'node:os';
 import { startNginx, type NginxServer } from '../peers/nginx.ts';
 import { makeTempDir, mkdirShared, type TempDir } from '../peers/tempdir.ts';
 import { pinTree, describeAffinity } from './pinning.ts';
@@ -57,7 +58,7 @@ export function probe(url: string, timeoutMs = 20_000): Promise<{ status: number
 export async function startStack(specs: readonly TargetSpec[], options: StackOptions): Promise<Stack> {
   const log = options.log ?? (() => {});
   const temp: TempDir = await makeTempDir('cgi-runner-bench-');
-  const env: TargetEnv = { root: options.root, dir: temp.path, serverCpuCount: options.serverCpuCount };
+  const env: TargetEnv = { root: options.root, dir: temp.path, serverCpuCount: options.serverCpuCount, machineCpuCount: os.cpus().length };
   const skipped: { target: string; reason: string }[] = [];
   const started: { spec: TargetSpec; started: StartedTarget }[] = [];
   const stoppers: (() => Promise<void>)[] = [];

@@ -1,6 +1,5 @@
 // The benchmark's targets: for each, its mode, what it needs installed, how to start it, and where it answers (directly or behind the shared nginx).
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { findPeer, peerPackage } from '../peers/availability.ts';
 import { startApache } from '../peers/apache.ts';
@@ -18,8 +17,10 @@ export interface TargetEnv {
   root: string;
   /** A 0755 directory for sockets and copies of scripts. */
   dir: string;
-  /** CPUs the servers may use; "one per core" peers size themselves by it. */
+  /** CPUs the servers may use (one when pinned on a 2-core machine). */
   serverCpuCount: number;
+  /** CPUs of the machine: "one per core" pools size themselves by it, as they would when deployed. */
+  machineCpuCount: number;
 }
 
 /** A location mounted in the shared nginx. */
@@ -207,16 +208,16 @@ export const TARGETS: readonly TargetSpec[] = [
   nginxResponder('fcgi-nginx-tcp', 'tcp', true, 'fcgi/hello.ts (`cgi-runner fcgi`) behind nginx on TCP, upstream keepalive'),
   nginxResponder('fcgi-nginx-close', 'tcp', false, 'fcgi/hello.ts (`cgi-runner fcgi`) behind nginx on TCP, a new upstream connection per request'),
   phpFpm('php-fpm-1', () => 1, 'hello.php on php-fpm (one static worker) behind the same nginx, unix socket'),
-  phpFpm('php-fpm-n', (env) => Math.max(1, env.serverCpuCount), 'hello.php on php-fpm (one static worker per server CPU) behind the same nginx, unix socket'),
+  phpFpm('php-fpm-n', (env) => Math.max(1, env.machineCpuCount), "hello.php on php-fpm (one static worker per core of the machine) behind the same nginx, unix socket"),
   {
     name: 'fcgiwrap',
     mode: 'cgi',
-    description: 'cgi-bin/hello.sh run by fcgiwrap (a process per request) behind the same nginx',
+    description: 'cgi-bin/hello.sh run by fcgiwrap (one preforked wrapper per core, a process per request) behind the same nginx',
     peers: ['nginx', 'fcgiwrap'],
     files: ['cgi-bin/hello.sh'],
     async start(env) {
       const script = await sharedHelloSh(env);
-      const wrap = await startFcgiwrap({ children: Math.max(1, env.serverCpuCount), dir: await mkdirShared(path.join(env.dir, 'fcgiwrap')) });
+      const wrap = await startFcgiwrap({ children: Math.max(1, env.machineCpuCount), dir: await mkdirShared(path.join(env.dir, 'fcgiwrap')) });
       return {
         nginx: { location: fastcgiLocation('/fcgiwrap/hello.sh', wrap.nginxAddress, false, script), path: '/fcgiwrap/hello.sh' },
         roots: [wrap.pid],
@@ -289,6 +290,3 @@ export function selectTargets(list: string | undefined): TargetSpec[] {
   return TARGETS.filter((t) => names.includes(t.name));
 }
 
-export function defaultServerCpuCount(): number {
-  return os.availableParallelism();
-}
