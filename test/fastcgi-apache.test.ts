@@ -1,0 +1,221 @@
+// The FastCGI responder behind a real Apache httpd: mod_proxy_fcgi (ProxyPass over TCP with enablereuse,
+// SetHandler to a unix socket) and mod_authnz_fcgi calling an app in the Authorizer role.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { findPeer, startApache, type ApacheServer } from '../src/peers/index.ts';
+import { patternBytes } from './fixtures/apps/kitchen.ts';
+import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
+
+const MiB = 1024 * 1024;
+
+let tcpApp: RunningResponder | undefined;
+let unixApp: RunningResponder | undefined;
+let authApp: RunningResponder | undefined;
+let apache: ApacheServer | undefined;
+let missing: string | undefined;
+
+before(async () => {
+  missing = ['apache2', 'mod_proxy_fcgi', 'mod_authnz_fcgi'].find((name) => !findPeer(name));
+  if (missing) {
+    if (process.env.CI === 'true') throw new Error(`${missing} is required under CI but not installed: apt-get install apache2`);
+    return;
+  }
+  const kitchen = fixtureApp('kitchen.ts');
+  // Apache's children run as www-data: the unix socket is created 0666 in a 0755 directory.
+  [tcpApp, unixApp, authApp] = await Promise.all([
+    startResponder({ app: kitchen, listen: 'tcp' }),
+    startResponder({ app: kitchen, listen: 'unix', socketMode: '0666' }),
+    startResponder({ app: fixtureApp('authorizer.ts'), listen: 'tcp' }),
+  ]);
+  apache = await startApache({
+    modules: ['proxy', 'proxy_fcgi', 'authnz_fcgi', 'authn_core'],
+    config: `
+ProxyPass "/app/" "fcgi://${tcpApp.address}/" enablereuse=on
+<Location "/sock/">
+  SetHandler "proxy:unix:${unixApp.socketPath}|fcgi://localhost/"
+</Location>
+
+# One call in the authentication phase decides (type authnz): allow, 401 or 403.
+AuthnzFcgiDefineProvider authnz AppAuthnz fcgi://${authApp.address}/
+<Location "/protected/">
+  AuthType Basic
+  AuthName "test"
+  AuthnzFcgiCheckAuthnProvider AppAuthnz Authoritative On RequireBasicAuth Off UserExpr "%{reqenv:REMOTE_USER}"
+  Require AppAuthnz
+  ProxyPass "fcgi://${tcpApp.address}/"
+</Location>
+
+# Separate calls: authentication (FCGI_APACHE_ROLE=AUTHENTICATOR), then a Require line (AUTHORIZER).
+AuthnzFcgiDefineProvider authn AppAuthn fcgi://${authApp.address}/
+AuthnzFcgiDefineProvider authz AppAuthz fcgi://${authApp.address}/
+<Location "/admin/">
+  AuthType Basic
+  AuthName "test"
+  AuthnzFcgiCheckAuthnProvider AppAuthn Authoritative On RequireBasicAuth Off UserExpr "%{reqenv:REMOTE_USER}"
+  Require AppAuthz
+  ProxyPass "fcgi://${tcpApp.address}/"
+</Location>
+`,
+  });
+});
+
+after(async () => {
+  await apache?.stop();
+  await Promise.all([tcpApp?.stop(), unixApp?.stop(), authApp?.stop()]);
+});
+
+function skipIfMissing(t: { skip: (msg: string) => void }): boolean {
+  if (!missing) return false;
+  t.skip(`install ${missing}`);
+  return true;
+}
+
+function errorsSince(mark: number): string[] {
+  return apache!.errors().slice(mark);
+}
+
+interface EnvReport {
+  role: string;
+  url: string;
+  params: Record<string, string>;
+}
+
+const variants = [
+  { name: 'ProxyPass fcgi://127.0.0.1:PORT/ enablereuse=on', prefix: 'app', scriptFilename: /^proxy:fcgi:\/\/127\.0\.0\.1:\d+\/env$/ },
+  { name: 'SetHandler proxy:unix:SOCK|fcgi://localhost/', prefix: 'sock', scriptFilename: /^proxy:fcgi:\/\/localhost\// },
+];
+
+for (const variant of variants) {
+  describe(`Apache mod_proxy_fcgi, ${variant.name}`, () => {
+    const url = (path: string) => `${apache!.url}/${variant.prefix}/${path}`;
+
+    test('GET reaches the app with the URL the client asked for', async (t) => {
+      if (skipIfMissing(t)) return;
+      const mark = apache!.errors().length;
+      const res = await fetch(url('hello'));
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
+      assert.equal(await res.text(), 'hello\n');
+      const env = (await (await fetch(url('env?a=1&b=%20'))).json()) as EnvReport;
+      assert.equal(env.role, 'responder');
+      assert.match(env.params.SCRIPT_FILENAME!, variant.scriptFilename);
+      assert.equal(env.params.REQUEST_URI, `/${variant.prefix}/env?a=1&b=%20`);
+      assert.equal(new URL(env.url).pathname + new URL(env.url).search, `/${variant.prefix}/env?a=1&b=%20`);
+      assert.deepEqual(errorsSince(mark), []);
+    });
+
+    test('a 3 MiB POST body reaches the app intact', async (t) => {
+      if (skipIfMissing(t)) return;
+      const mark = apache!.errors().length;
+      const body = patternBytes(3 * MiB);
+      const res = await fetch(url('echo'), { method: 'POST', body, headers: { 'content-type': 'application/x-test' } });
+      assert.equal(res.status, 200);
+      const report = (await res.json()) as Record<string, unknown>;
+      assert.deepEqual(report, { method: 'POST', size: body.byteLength, sha256: sha256(body), contentType: 'application/x-test', contentLength: String(body.byteLength), text: null });
+      const small = (await (await fetch(url('echo'), { method: 'POST', body: 'a=1&b=2', headers: { 'content-type': 'application/x-www-form-urlencoded' } })).json()) as Record<string, unknown>;
+      assert.equal(small.text, 'a=1&b=2');
+      assert.deepEqual(errorsSince(mark), []);
+    });
+
+    test("the app's status line and headers reach the client, each Set-Cookie separate", async (t) => {
+      if (skipIfMissing(t)) return;
+      const mark = apache!.errors().length;
+      const res = await fetch(url('teapot'));
+      assert.equal(res.status, 418);
+      assert.equal(res.statusText, "I'm a teapot");
+      assert.equal(res.headers.get('x-app'), 'kitchen');
+      assert.deepEqual(res.headers.getSetCookie(), ['a=1; Path=/', 'b=2; Path=/; HttpOnly', 'c=3, with comma; Path=/']);
+      assert.equal(await res.text(), 'short and stout\n');
+      const big = new Uint8Array(await (await fetch(url('bigstream?bytes=2000000'))).arrayBuffer());
+      assert.equal(sha256(big), sha256(patternBytes(2_000_000)));
+      assert.deepEqual(errorsSince(mark), []);
+    });
+
+    test('a throwing app gives a 500, and the next request succeeds', async (t) => {
+      if (skipIfMissing(t)) return;
+      const mark = apache!.errors().length;
+      for (const route of ['throw', 'reject']) {
+        const res = await fetch(url(route));
+        assert.equal(res.status, 500, route);
+        assert.equal(await res.text(), 'Internal Server Error\n');
+        const next = await fetch(url('hello'));
+        assert.equal(next.status, 200);
+        assert.equal(await next.text(), 'hello\n');
+      }
+      // mod_proxy_fcgi logs the app's FastCGI stderr at level error; nothing else went wrong.
+      const errors = errorsSince(mark);
+      assert.ok(errors.length >= 2, 'the failures are logged');
+      for (const line of errors) assert.match(line, /AH01071: Got error 'app: the app failed on purpose/);
+    });
+
+    test('400 requests from 50 concurrent clients all get their own answer', async (t) => {
+      if (skipIfMissing(t)) return;
+      const mark = apache!.errors().length;
+      const n = Array.from({ length: 400 }, (_, i) => i);
+      const results = await mapConcurrent(n, 50, async (i) => {
+        if (i % 4 === 0) {
+          const res = await fetch(url('echo'), { method: 'POST', body: `body ${i}` });
+          return [res.status, ((await res.json()) as { text: string }).text] as const;
+        }
+        const res = await fetch(url(`id?n=${i}`));
+        return [res.status, await res.text()] as const;
+      });
+      for (const i of n) assert.deepEqual(results[i], [200, i % 4 === 0 ? `body ${i}` : `id ${i} GET\n`]);
+      if (variant.prefix === 'app') {
+        // enablereuse=on sets FCGI_KEEP_CONN: the responder keeps the connections for the next requests.
+        assert.ok(establishedServerSide(tcpApp!.port!).length >= 1, 'backend connections stay open for reuse');
+      }
+      assert.deepEqual(errorsSince(mark), []);
+    });
+  });
+}
+
+describe('Apache mod_authnz_fcgi with an app in the Authorizer role', () => {
+  const url = (path: string) => `${apache!.url}${path}`;
+
+  test('200 allows, and Variable-* headers reach the protected resource as variables', async (t) => {
+    if (skipIfMissing(t)) return;
+    const mark = apache!.errors().length;
+    const res = await fetch(url('/protected/env'), { headers: { 'x-token': 'alice-token' } });
+    assert.equal(res.status, 200);
+    const env = (await res.json()) as EnvReport;
+    assert.equal(env.role, 'responder');
+    assert.equal(env.params.REMOTE_USER, 'alice', 'Variable-REMOTE_USER set the user through UserExpr');
+    assert.equal(env.params['X-USER'], 'alice', 'Variable-X-User passed on');
+    // The authorizer got no request body; the responder behind it gets all of it.
+    const post = await fetch(url('/protected/echo'), { method: 'POST', body: 'payload', headers: { 'x-token': 'bob-token' } });
+    assert.equal(post.status, 200);
+    assert.equal(((await post.json()) as { text: string }).text, 'payload');
+    assert.deepEqual(errorsSince(mark), []);
+  });
+
+  test('401 and 403 deny, with the authorizer status, headers and body', async (t) => {
+    if (skipIfMissing(t)) return;
+    const mark = apache!.errors().length;
+    const anonymous = await fetch(url('/protected/env'));
+    assert.equal(anonymous.status, 401);
+    assert.equal(anonymous.headers.get('www-authenticate'), 'Bearer realm="test"');
+    assert.equal(await anonymous.text(), 'who are you?\n');
+    const forbidden = await fetch(url('/protected/env'), { headers: { 'x-token': 'forbidden' } });
+    assert.equal(forbidden.status, 403);
+    assert.equal(await forbidden.text(), 'forbidden token\n');
+    assert.deepEqual(errorsSince(mark), []);
+  });
+
+  test('a Require line calls the app as AUTHORIZER with the authenticated user', async (t) => {
+    if (skipIfMissing(t)) return;
+    const mark = apache!.errors().length;
+    const alice = await fetch(url('/admin/env'), { headers: { 'x-token': 'alice-token' } });
+    assert.equal(alice.status, 200);
+    const env = (await alice.json()) as EnvReport;
+    assert.equal(env.params.REMOTE_USER, 'alice');
+    assert.equal(env.params['X-CHECKED-BY'], 'authorizer');
+    // bob authenticates but the authorizer says 403: Apache answers 401 since an AuthType is set.
+    const bob = await fetch(url('/admin/env'), { headers: { 'x-token': 'bob-token' } });
+    assert.equal(bob.status, 401);
+    await bob.arrayBuffer();
+    const errors = errorsSince(mark);
+    assert.equal(errors.length, 1);
+    assert.match(errors[0]!, /AH01631: user bob: authorization failure for "\/admin\/env"/);
+  });
+});
