@@ -392,6 +392,10 @@ export class ResponderConnection {
     let head: string;
     try {
       head = cgiHeaderBlock(response);
+      // Fetch Headers lowercase every name, but an Authorizer's `Variable-NAME` becomes the variable NAME
+      // on the web server (Apache sets it as is, and params are case-sensitive): send NAME upper-cased,
+      // as CGI variables are, so `Variable-REMOTE_USER` arrives as REMOTE_USER and not remote_user.
+      if (request.role === FCGI_AUTHORIZER) head = head.replace(/^variable-([^:]*):/gm, (_, name: string) => `Variable-${name.toUpperCase()}:`);
     } catch (err) {
       this.appFailed(request, err);
       return;
