@@ -1,0 +1,482 @@
+// Runs one CGI script per request (RFC 3875): spawns it in its own process group, streams the body to its stdin while reading its stdout, parses the header block, and enforces the timeout, the concurrency cap and cleanup. No HTTP here: FastCGI reuses it as is.
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { CgiHeadParser, CgiResponseError, type CgiHead } from './response.ts';
+import { groupAlive, startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
+
+export interface CgiHostOptions {
+  /** Scripts running at once. Default: 4 per core. */
+  maxScripts?: number;
+  /** Requests waiting for a free slot before the next ones get 503. Default: 8 × maxScripts. */
+  queueLimit?: number;
+  /** How long a request may wait for a slot. Default: timeoutMs. */
+  queueTimeoutMs?: number;
+  /** A script still running after this is killed. Default 30 s. */
+  timeoutMs?: number;
+  /** Time between SIGTERM and SIGKILL. Default 2 s. */
+  killGraceMs?: number;
+  /** Largest CGI header block accepted. Default 64 KiB. */
+  maxHeaderBytes?: number;
+  spawner?: SpawnerKind;
+}
+
+export interface CgiInvocation {
+  /** Absolute path of the script (SCRIPT_FILENAME). */
+  file: string;
+  /** Working directory. Default: the script's own directory. */
+  cwd?: string;
+  /** Command-line arguments after argv[0] (the ISINDEX rule of §4.4). */
+  args?: readonly string[];
+  /** The complete environment (see env.ts). Nothing else is inherited. */
+  env: Record<string, string>;
+  /** The request body, streamed to stdin (§4.2); null gives the script /dev/null. */
+  body: Readable | null;
+  /** Aborting kills the script's process group (the client went away). */
+  signal?: AbortSignal;
+  /** An nph- script: its output is a whole HTTP response, passed on unparsed (§5). */
+  nph?: boolean;
+  /** Each line the script writes to stderr, without its newline. */
+  onStderrLine?: (line: string) => void;
+}
+
+export interface CgiFinish {
+  exit: ScriptExit | undefined;
+  timedOut: boolean;
+  aborted: boolean;
+}
+
+export type CgiOutcome =
+  | {
+      kind: 'response';
+      /** The parsed header block (for nph-, the parsed status line and headers). */
+      head: CgiHead;
+      /**
+       * The body as the script writes it (for nph-, the whole output, head included). It ends when
+       * the script closes stdout and errors if the script is killed (timeout, abort) mid-way.
+       * Destroying it kills the script.
+       */
+      body: Readable;
+      finished: Promise<CgiFinish>;
+    }
+  | {
+      kind: 'error';
+      /** 502 bad output, 503 no slot, 504 timeout, 500 could not start, 400 bad request values. */
+      status: 400 | 500 | 502 | 503 | 504;
+      message: string;
+      finished: Promise<CgiFinish>;
+    };
+
+const maxStderrLine = 8192;
+
+/** Waiting requests: a FIFO of resolvers. */
+interface Waiter {
+  grant: () => void;
+}
+
+export class CgiHost {
+  readonly maxScripts: number;
+  readonly queueLimit: number;
+  readonly timeoutMs: number;
+  readonly killGraceMs: number;
+  private readonly queueTimeoutMs: number;
+  private readonly maxHeaderBytes: number;
+  private active = 0;
+  private readonly queue: Waiter[] = [];
+  private readonly live = new Set<Run>();
+  private closing = false;
+
+  private constructor(
+    private readonly spawner: Spawner,
+    options: CgiHostOptions,
+  ) {
+    this.maxScripts = options.maxScripts ?? 4 * os.availableParallelism();
+    this.queueLimit = options.queueLimit ?? 8 * this.maxScripts;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.queueTimeoutMs = options.queueTimeoutMs ?? this.timeoutMs;
+    this.killGraceMs = options.killGraceMs ?? 2000;
+    this.maxHeaderBytes = options.maxHeaderBytes ?? 64 * 1024;
+  }
+
+  static async start(options: CgiHostOptions = {}): Promise<CgiHost> {
+    return new CgiHost(await startSpawner(options.spawner), options);
+  }
+
+  /** 'helper' (the Perl spawner) or 'node' (child_process.spawn). */
+  get spawnerKind(): 'helper' | 'node' {
+    return this.spawner.kind;
+  }
+
+  /** Scripts running now. */
+  get running(): number {
+    return this.active;
+  }
+
+  /**
+   * Runs a script. Resolves once its header block has been parsed (or it failed); never rejects.
+   */
+  async run(invocation: CgiInvocation): Promise<CgiOutcome> {
+    const signal = invocation.signal;
+    const notRun = (status: 400 | 500 | 503, message: string, aborted = false): CgiOutcome => ({
+      kind: 'error',
+      status,
+      message,
+      finished: Promise.resolve({ exit: undefined, timedOut: false, aborted }),
+    });
+    for (const name in invocation.env) {
+      if (!name || name.includes('=') || name.includes('\0') || invocation.env[name]!.includes('\0')) {
+        return notRun(400, `cgi: the environment variable ${JSON.stringify(name)} cannot be passed`);
+      }
+    }
+    if (invocation.args?.some((a) => a.includes('\0'))) return notRun(400, 'cgi: an argument holds a NUL byte');
+    if (this.closing) return notRun(503, 'cgi: the server is stopping');
+    if (signal?.aborted) return notRun(503, 'cgi: the request was aborted', true);
+    if (this.active >= this.maxScripts) {
+      // Beyond the cap, requests wait in a bounded queue; past its size or its wait, 503.
+      const waited = await this.waitForSlot(signal);
+      if (waited !== 'granted') {
+        const message =
+          waited === 'full' ? `cgi: ${this.maxScripts} scripts running and ${this.queueLimit} requests waiting`
+          : waited === 'timeout' ? 'cgi: no free script slot in time'
+          : 'cgi: the request was aborted while waiting';
+        return notRun(503, message, waited === 'aborted');
+      }
+      if (this.closing) {
+        this.releaseSlot();
+        return notRun(503, 'cgi: the server is stopping');
+      }
+    } else {
+      this.active++;
+    }
+    return new Run(this, invocation).start();
+  }
+
+  private waitForSlot(signal: AbortSignal | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted'> {
+    if (this.queue.length >= this.queueLimit) return Promise.resolve('full');
+    return new Promise((resolve) => {
+      const waiter: Waiter = {
+        grant: () => {
+          cleanup();
+          resolve('granted');
+        },
+      };
+      const leave = (why: 'timeout' | 'aborted') => {
+        const i = this.queue.indexOf(waiter);
+        if (i !== -1) this.queue.splice(i, 1);
+        cleanup();
+        resolve(why);
+      };
+      const timer = setTimeout(() => leave('timeout'), this.queueTimeoutMs);
+      const onAbort = () => leave('aborted');
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      this.queue.push(waiter);
+    });
+  }
+
+  /** @internal a run ended: hand its slot to the next waiter. */
+  release(run: Run): void {
+    this.live.delete(run);
+    this.releaseSlot();
+  }
+
+  private releaseSlot(): void {
+    const next = this.queue.shift();
+    if (next) next.grant();
+    else this.active--;
+  }
+
+  /** @internal */
+  track(run: Run): void {
+    this.live.add(run);
+  }
+
+  /** @internal */
+  spawn(invocation: CgiInvocation): ScriptProcess {
+    const file = invocation.file;
+    return this.spawner.spawn({
+      file,
+      argv: [file, ...(invocation.args ?? [])],
+      // RFC 3875 §7.2 (UNIX): the current directory is the script's own.
+      cwd: invocation.cwd ?? path.dirname(file),
+      env: invocation.env,
+      stdin: invocation.body !== null,
+    });
+  }
+
+  /** @internal */
+  get options() {
+    return { timeoutMs: this.timeoutMs, killGraceMs: this.killGraceMs, maxHeaderBytes: this.maxHeaderBytes };
+  }
+
+  /** Kills every running script (TERM, then KILL) and stops the spawner. Waiting requests get 503. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const waiter of this.queue.splice(0)) waiter.grant();
+    const runs = [...this.live];
+    for (const run of runs) run.kill('cgi: the server is stopping');
+    await Promise.all(runs.map((r) => r.finished));
+    await this.spawner.close();
+  }
+}
+
+/** One script from spawn to reaping. */
+class Run {
+  private proc!: ScriptProcess;
+  private readonly parser: CgiHeadParser;
+  private resolveOutcome!: (outcome: CgiOutcome) => void;
+  private resolveFinished!: (finish: CgiFinish) => void;
+  readonly finished: Promise<CgiFinish>;
+  private body: Readable | undefined;
+  private outcomeSent = false;
+  private stdoutEnded = false;
+  private exit: ScriptExit | undefined;
+  private timedOut = false;
+  private aborted = false;
+  private killing = false;
+  private killTimer: NodeJS.Timeout | undefined;
+  private timeout: NodeJS.Timeout | undefined;
+  private released = false;
+  private stderrTail = '';
+  private onAbort: (() => void) | undefined;
+
+  constructor(
+    private readonly host: CgiHost,
+    private readonly invocation: CgiInvocation,
+  ) {
+    this.parser = new CgiHeadParser({ maxHeaderBytes: host.options.maxHeaderBytes, nph: invocation.nph });
+    this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
+  }
+
+  start(): Promise<CgiOutcome> {
+    const outcome = new Promise<CgiOutcome>((resolve) => (this.resolveOutcome = resolve));
+    const { invocation, host } = this;
+    this.host.track(this);
+    let proc: ScriptProcess;
+    try {
+      proc = this.proc = host.spawn(invocation);
+    } catch (err) {
+      this.host.release(this);
+      this.resolveFinished({ exit: undefined, timedOut: false, aborted: false });
+      return Promise.resolve({ kind: 'error', status: 500, message: `cgi: cannot start ${invocation.file}: ${(err as Error).message}`, finished: this.finished });
+    }
+
+    proc.onStderr = (chunk) => this.onStderr(chunk);
+    void proc.exited.then((exit) => this.onExit(exit));
+    this.timeout = setTimeout(() => {
+      this.timedOut = true;
+      this.kill(`cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`, 504);
+    }, host.options.timeoutMs);
+
+    const signal = invocation.signal;
+    if (signal) {
+      this.onAbort = () => {
+        this.aborted = true;
+        this.kill('cgi: the client went away', 503);
+      };
+      signal.addEventListener('abort', this.onAbort, { once: true });
+    }
+
+    // §4.2: the body goes to stdin while stdout is read, so a script that writes a lot before
+    // reading cannot deadlock against us (Apache's mod_cgi reads only after writing it all).
+    const body = invocation.body;
+    if (body) {
+      const stdin = proc.stdin;
+      if (!stdin) {
+        body.resume();
+      } else {
+        body.pipe(stdin);
+        const drain = () => {
+          // The script stopped reading (it exited or closed stdin): what it did not read is dropped,
+          // and the source is still consumed so a keep-alive connection stays usable.
+          body.unpipe(stdin);
+          stdin.destroy();
+          body.resume();
+        };
+        stdin.once('error', drain);
+        stdin.once('close', () => {
+          if (!body.readableEnded) drain();
+        });
+        body.once('error', () => stdin.destroy());
+      }
+    }
+
+    const stdout = proc.stdout;
+    stdout.on('data', (chunk: Buffer) => this.onStdout(chunk));
+    stdout.once('end', () => this.onStdoutEnd());
+    stdout.once('close', () => this.onStdoutEnd());
+    return outcome;
+  }
+
+  private sendOutcome(outcome: CgiOutcome): void {
+    if (this.outcomeSent) return;
+    this.outcomeSent = true;
+    this.resolveOutcome(outcome);
+  }
+
+  private fail(status: 500 | 502 | 504 | 503, message: string): void {
+    if (this.outcomeSent) {
+      this.body?.destroy(new Error(message));
+      return;
+    }
+    this.sendOutcome({ kind: 'error', status, message, finished: this.finished });
+  }
+
+  private onStdout(chunk: Buffer): void {
+    if (this.body) {
+      if (!this.body.push(chunk)) this.proc.stdout.pause();
+      return;
+    }
+    if (this.outcomeSent || this.killing) return; // draining after an error
+    let parsed;
+    try {
+      parsed = this.parser.push(chunk);
+    } catch (err) {
+      this.kill((err as CgiResponseError).message, 502);
+      return;
+    }
+    if (!parsed) return;
+    const stdout = this.proc.stdout;
+    const body = new Readable({
+      read: () => {
+        if (!this.stdoutEnded) stdout.resume();
+      },
+      destroy: (err, callback) => {
+        // The consumer went away before the end: nobody will read the rest.
+        if (!this.stdoutEnded) this.kill('cgi: the response was abandoned');
+        callback(err);
+      },
+    });
+    this.body = body;
+    const first = this.invocation.nph ? Buffer.concat([parsed.head.raw, parsed.rest]) : parsed.rest;
+    if (first.length) body.push(first);
+    this.sendOutcome({ kind: 'response', head: parsed.head, body, finished: this.finished });
+  }
+
+  private onStdoutEnd(): void {
+    if (this.stdoutEnded) return;
+    this.stdoutEnded = true;
+    if (this.body) {
+      if (this.killing) this.body.destroy(new Error(this.killReason ?? 'cgi: the script was killed'));
+      else this.body.push(null);
+    } else if (!this.outcomeSent) {
+      const error = this.parser.end();
+      // The exit status says why; it is at most a moment away when stdout has closed.
+      const report = () => {
+        if (this.killing) return this.fail(this.killStatus, this.killReason!);
+        this.fail(502, `${error.message}${this.exit ? ` (${describeExit(this.exit)})` : ''}`);
+      };
+      if (this.exit || this.killing) report();
+      else {
+        const t = setTimeout(report, 200);
+        void this.proc.exited.then(() => {
+          clearTimeout(t);
+          report();
+        });
+      }
+    }
+    this.maybeDone();
+  }
+
+  private onExit(exit: ScriptExit): void {
+    this.exit = exit;
+    if (exit.error && !this.outcomeSent) {
+      this.flushStderr();
+      this.fail(500, `cgi: ${exit.error}`);
+      // No output will come: release the stdout connection now.
+      this.proc.stdout.destroy();
+    }
+    this.maybeDone();
+  }
+
+  private killStatus: 500 | 502 | 503 | 504 = 502;
+  private killReason: string | undefined;
+
+  /** Ends the script: TERM to its process group, KILL after the grace period. */
+  kill(reason: string, status: 500 | 502 | 503 | 504 = 502): void {
+    if (this.killing) return;
+    this.killing = true;
+    this.killReason = reason;
+    this.killStatus = status;
+    this.fail(status, reason);
+    this.proc.killGroup('SIGTERM');
+    this.killTimer = setTimeout(() => {
+      this.proc.killGroup('SIGKILL');
+      // Whatever still holds stdout (an escaped process) no longer counts.
+      setTimeout(() => this.proc.stdout.destroy(), this.host.options.killGraceMs).unref();
+    }, this.host.options.killGraceMs);
+    // Keep reading stdout, discarding it, so the script is not blocked on a full pipe.
+    this.proc.stdout.resume();
+    this.maybeDone();
+  }
+
+  private maybeDone(): void {
+    if (this.released || !this.exit || !this.stdoutEnded) return;
+    this.released = true;
+    clearTimeout(this.timeout);
+    if (this.onAbort) this.invocation.signal?.removeEventListener('abort', this.onAbort);
+    if (!this.proc.stdout.destroyed) this.proc.stdout.destroy();
+    this.flushStderr();
+    const finish = () => {
+      clearTimeout(this.killTimer);
+      this.host.release(this);
+      this.resolveFinished({ exit: this.exit, timedOut: this.timedOut, aborted: this.aborted });
+    };
+    const pid = this.proc.pid;
+    if (!this.exit.groupLeft || pid === undefined) return finish();
+    // The script is gone and its output complete, but members of its process group (background
+    // jobs) are still running: they are killed too, so no script outlives its request.
+    if (!this.killing) {
+      this.killing = true;
+      this.proc.killGroup('SIGTERM');
+    }
+    const grace = this.host.options.killGraceMs;
+    const termDeadline = Date.now() + grace;
+    let killed = false;
+    const poll = setInterval(() => {
+      if (!groupAlive(pid)) {
+        clearInterval(poll);
+        return finish();
+      }
+      if (!killed && Date.now() >= termDeadline) {
+        killed = true;
+        this.proc.killGroup('SIGKILL');
+      } else if (killed && Date.now() >= termDeadline + grace) {
+        // Only zombies nobody reaps can survive SIGKILL; they hold nothing.
+        clearInterval(poll);
+        finish();
+      }
+    }, 10);
+  }
+
+  private onStderr(chunk: Buffer | null): void {
+    const sink = this.invocation.onStderrLine;
+    if (!sink) return;
+    if (chunk === null) return this.flushStderr();
+    let text = this.stderrTail + chunk.toString('utf8');
+    let nl;
+    while ((nl = text.indexOf('\n')) !== -1) {
+      sink(text.slice(0, nl).replace(/\r$/, ''));
+      text = text.slice(nl + 1);
+    }
+    // A script that never ends its line must not grow this without bound.
+    while (text.length > maxStderrLine) {
+      sink(text.slice(0, maxStderrLine));
+      text = text.slice(maxStderrLine);
+    }
+    this.stderrTail = text;
+  }
+
+  private flushStderr(): void {
+    if (this.stderrTail) this.invocation.onStderrLine?.(this.stderrTail);
+    this.stderrTail = '';
+  }
+}
+
+export function describeExit(exit: ScriptExit): string {
+  if (exit.error) return exit.error;
+  return exit.signal ? `killed by ${exit.signal}` : `exit status ${exit.code}`;
+}

@@ -1,0 +1,451 @@
+// Starts CGI script processes, each in its own process group: through the long-lived spawner helper (spawner.py) when Python is available, else with child_process.spawn.
+import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Readable, Writable } from 'node:stream';
+
+export interface SpawnRequest {
+  /** Absolute path of the executable. */
+  file: string;
+  /** argv, including argv[0]. */
+  argv: readonly string[];
+  cwd: string;
+  /** The complete environment: nothing else is inherited. */
+  env: Record<string, string>;
+  /** Whether the script gets a stdin to write the request body to (otherwise /dev/null). */
+  stdin: boolean;
+}
+
+export interface ScriptExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Other members of the script's process group were still running when it exited. */
+  groupLeft: boolean;
+  /** Why the script could not be started, when it could not. */
+  error?: string;
+}
+
+export interface ScriptProcess {
+  readonly stdout: Readable;
+  readonly stdin: Writable | null;
+  /** The pid, which is also the process group id, once known. */
+  readonly pid: number | undefined;
+  /** Settles when the script has exited and been reaped (or could not start). Never rejects. */
+  readonly exited: Promise<ScriptExit>;
+  /** Stderr bytes as they arrive, then null when stderr is closed. Set right after spawn(). */
+  onStderr: ((chunk: Buffer | null) => void) | null;
+  /** Signals the script's whole process group. Queued if the pid is not known yet. */
+  killGroup(signal: NodeJS.Signals): void;
+}
+
+export interface Spawner {
+  readonly kind: 'helper' | 'node';
+  spawn(request: SpawnRequest): ScriptProcess;
+  /** Kills every script still running and stops the helper. */
+  close(): Promise<void>;
+}
+
+export type SpawnerKind = 'auto' | 'helper' | 'node';
+
+const signalNames = new Map<number, NodeJS.Signals>(
+  Object.entries(os.constants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
+);
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // ESRCH: the group is already empty.
+  }
+}
+
+/** True while any process of the group exists (a zombie not yet reaped included). */
+export function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The helper: one Python process starts every script with posix_spawn and relays its stdio over
+// the helper's own stdin and stdout (protocol in spawner.py). Per request the runner opens no file
+// descriptor and makes no syscall of its own: frames ride on one pipe, batched per event-loop turn.
+
+/** Stdout bytes the helper may relay before the runner acknowledges them (matches spawner.py). */
+const stdoutWindow = 256 * 1024;
+/** Stdin bytes sent ahead of the helper's confirmation that they reached the script. */
+const stdinWindow = 256 * 1024;
+const frameHeader = 9;
+
+class HelperProcess implements ScriptProcess {
+  pid: number | undefined;
+  onStderr: ((chunk: Buffer | null) => void) | null = null;
+  readonly exited: Promise<ScriptExit>;
+  readonly stdout: Readable;
+  readonly stdin: Writable | null;
+  private resolveExit!: (exit: ScriptExit) => void;
+  done = false;
+  stdoutDone = false;
+  /** Stdout bytes delivered and not acknowledged yet. */
+  private unacked = 0;
+  private stdinOutstanding = 0;
+  private stdinWaiting: (() => void) | null = null;
+
+  constructor(
+    private readonly spawner: HelperSpawner,
+    readonly id: number,
+    hasStdin: boolean,
+  ) {
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+    this.stdout = new Readable({
+      highWaterMark: 64 * 1024,
+      // The consumer wants more: what it took leaves room in the window.
+      read: () => this.ack(false),
+    });
+    this.stdin = hasStdin
+      ? new Writable({
+          highWaterMark: 64 * 1024,
+          write: (chunk: Buffer, _encoding, callback) => this.writeStdin(chunk, callback),
+          final: (callback) => {
+            this.spawner.send(0x44 /* D */, this.id);
+            callback();
+          },
+          destroy: (err, callback) => {
+            this.stdinWaiting = null;
+            if (!this.done) this.spawner.send(0x44 /* D */, this.id);
+            callback(err);
+          },
+        })
+      : null;
+  }
+
+  private writeStdin(chunk: Buffer, callback: (error?: Error | null) => void): void {
+    for (let off = 0; off < chunk.length; off += 64 * 1024) this.spawner.send(0x49 /* I */, this.id, chunk.subarray(off, off + 64 * 1024));
+    this.stdinOutstanding += chunk.length;
+    if (this.stdinOutstanding < stdinWindow) callback();
+    else this.stdinWaiting = () => callback();
+  }
+
+  onStdinCredit(bytes: number): void {
+    this.stdinOutstanding -= bytes;
+    if (this.stdinWaiting && this.stdinOutstanding < stdinWindow) {
+      const waiting = this.stdinWaiting;
+      this.stdinWaiting = null;
+      waiting();
+    }
+  }
+
+  onStdinClosed(): void {
+    // The script will read no more (EPIPE at the helper): the writer learns it as an error.
+    const stdin = this.stdin;
+    if (stdin && !stdin.destroyed) stdin.destroy(Object.assign(new Error('cgi: the script closed its stdin'), { code: 'EPIPE' }));
+  }
+
+  onStdout(data: Buffer): void {
+    this.unacked += data.length;
+    if (this.stdout.destroyed) {
+      // Nobody reads any more, but the script must not block on a full pipe: keep the window open.
+      this.ack(true);
+      return;
+    }
+    this.stdout.push(data);
+  }
+
+  private ack(force: boolean): void {
+    if (this.stdoutDone) return;
+    const consumed = this.unacked - this.stdout.readableLength;
+    // Batched: one frame per quarter window, unless the helper may be stalled on a full window.
+    if (consumed > 0 && (force || consumed >= stdoutWindow / 4 || this.unacked >= stdoutWindow / 2)) {
+      this.unacked -= consumed;
+      this.spawner.send(0x41 /* A */, this.id, Buffer.from(String(consumed)));
+    }
+  }
+
+  onStdoutEnd(): void {
+    this.stdoutDone = true;
+    this.stdout.push(null);
+  }
+
+  killGroup(signal: NodeJS.Signals): void {
+    if (!this.done) this.spawner.send(0x4b /* K */, this.id, Buffer.from(String(os.constants.signals[signal])));
+    else if (this.pid !== undefined) signalGroup(this.pid, signal);
+  }
+
+  finish(exit: ScriptExit): void {
+    if (this.done) return;
+    this.done = true;
+    this.resolveExit(exit);
+  }
+}
+
+const helperScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'spawner.py');
+
+class HelperSpawner implements Spawner {
+  readonly kind = 'helper' as const;
+  private nextId = 1;
+  private readonly running = new Map<number, HelperProcess>();
+  private pending: Buffer[] = [];
+  private flushScheduled = false;
+  private buffered: Buffer | null = null;
+  private closed = false;
+  private failure: string | undefined;
+  private readonly events: net.Socket;
+  private readonly control: net.Socket;
+
+  private constructor(private readonly child: ChildProcess) {
+    this.events = child.stdout as net.Socket;
+    this.control = child.stdin as net.Socket;
+  }
+
+  static async start(): Promise<HelperSpawner> {
+    const child = spawnChild('python3', ['-I', '-S', helperScript], {
+      // Its own process group: a Ctrl-C on the terminal reaches the runner, which stops the scripts
+      // in order; the helper stops when its stdin closes.
+      detached: true,
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onData = (chunk: Buffer) => {
+          child.stdout!.off('data', onData);
+          if (chunk.length >= frameHeader && chunk[0] === 0x52 /* R */) {
+            if (chunk.length > frameHeader) child.stdout!.unshift(chunk.subarray(frameHeader));
+            resolve();
+          } else {
+            reject(new Error('cgi: the spawner helper did not start properly'));
+          }
+        };
+        child.stdout!.on('data', onData);
+        child.once('error', (err) => reject(new Error(`cgi: cannot start the spawner helper: ${err.message}`)));
+        child.once('exit', (code, signal) => reject(new Error(`cgi: the spawner helper exited at start (${signal ?? `code ${code}`})`)));
+      });
+    } catch (err) {
+      child.kill('SIGKILL');
+      throw err;
+    }
+    child.removeAllListeners('exit');
+    child.removeAllListeners('error');
+    const spawner = new HelperSpawner(child);
+    spawner.events.on('data', (chunk: Buffer) => spawner.onEvents(chunk));
+    spawner.control.on('error', () => {});
+    child.once('exit', (code, signal) => spawner.onHelperExit(`the spawner helper exited (${signal ?? `code ${code}`})`));
+    // The helper keeps the runner alive only while scripts run (see track/untrack).
+    child.unref();
+    spawner.events.unref();
+    spawner.control.unref();
+    return spawner;
+  }
+
+  /** Queues a frame; everything queued during one turn of the event loop goes out in one write. */
+  send(type: number, id: number, payload?: Buffer | string): void {
+    if (this.closed) return;
+    const size = payload === undefined ? 0 : typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+    const header = Buffer.allocUnsafe(frameHeader + (typeof payload === 'string' ? size : 0));
+    header[0] = type;
+    header.writeUInt32BE(id, 1);
+    header.writeUInt32BE(size, 5);
+    if (typeof payload === 'string') header.write(payload, frameHeader);
+    this.pending.push(header);
+    if (payload !== undefined && typeof payload !== 'string' && size > 0) this.pending.push(payload);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      process.nextTick(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const frames = this.pending;
+    this.pending = [];
+    if (this.closed || frames.length === 0) return;
+    this.control.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  }
+
+  spawn(request: SpawnRequest): ScriptProcess {
+    const id = this.nextId++;
+    if (this.nextId > 0xffffffff) this.nextId = 1;
+    const proc = new HelperProcess(this, id, request.stdin);
+    if (this.closed) {
+      proc.onStdoutEnd();
+      proc.finish({ code: null, signal: null, groupLeft: false, error: this.failure ?? 'the runner is stopping' });
+      return proc;
+    }
+    let frame = `${request.stdin ? 'b' : ''}\0${request.cwd}\0${request.file}\0${request.argv.length}`;
+    for (const arg of request.argv) frame += '\0' + arg;
+    for (const name in request.env) frame += `\0${name}=${request.env[name]}`;
+    this.send(0x52 /* R */, id, frame);
+    if (this.running.size === 0) this.events.ref();
+    this.running.set(id, proc);
+    return proc;
+  }
+
+  private forget(proc: HelperProcess): void {
+    if (this.running.delete(proc.id) && this.running.size === 0) this.events.unref();
+  }
+
+  private onEvents(chunk: Buffer): void {
+    let data = this.buffered ? Buffer.concat([this.buffered, chunk]) : chunk;
+    this.buffered = null;
+    let pos = 0;
+    while (data.length - pos >= frameHeader) {
+      const type = data[pos]!;
+      const id = data.readUInt32BE(pos + 1);
+      const size = data.readUInt32BE(pos + 5);
+      const end = pos + frameHeader + size;
+      if (end > data.length) break;
+      const payload = data.subarray(pos + frameHeader, end);
+      pos = end;
+      const proc = this.running.get(id);
+      if (!proc) continue;
+      switch (type) {
+        case 0x4f /* O */:
+          proc.onStdout(payload);
+          break;
+        case 0x5a /* Z */:
+          proc.onStdoutEnd();
+          if (proc.done) this.forget(proc);
+          break;
+        case 0x45 /* E */:
+          proc.onStderr?.(payload);
+          break;
+        case 0x57 /* W */:
+          proc.onStdinCredit(Number(payload.toString('latin1')));
+          break;
+        case 0x43 /* C */:
+          proc.onStdinClosed();
+          break;
+        case 0x58 /* X */: {
+          const [pid, status, left] = payload.toString('latin1').split(' ');
+          const st = Number(status);
+          const sig = st & 0x7f;
+          proc.pid = Number(pid);
+          proc.onStderr?.(null);
+          proc.finish({ code: sig ? null : (st >> 8) & 0xff, signal: sig ? (signalNames.get(sig) ?? null) : null, groupLeft: left === '1' });
+          if (proc.stdoutDone) this.forget(proc);
+          break;
+        }
+        case 0x46 /* F */:
+          proc.onStdoutEnd();
+          proc.onStdinClosed();
+          proc.onStderr?.(null);
+          proc.finish({ code: null, signal: null, groupLeft: false, error: payload.toString('utf8') });
+          this.forget(proc);
+          break;
+      }
+    }
+    if (pos < data.length) this.buffered = data.subarray(pos);
+  }
+
+  private onHelperExit(reason: string): void {
+    this.failure = reason;
+    this.closed = true;
+    for (const proc of this.running.values()) {
+      if (!proc.stdoutDone) proc.stdout.destroy(new Error(`cgi: ${reason}`));
+      proc.onStdinClosed();
+      proc.onStderr?.(null);
+      proc.finish({ code: null, signal: null, groupLeft: false, error: reason });
+    }
+    this.running.clear();
+  }
+
+  async close(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.flush();
+    this.closed = true;
+    this.failure = 'the runner is stopping';
+    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
+    this.child.ref();
+    // EOF on its stdin: the helper kills every script's group (TERM, then KILL) and exits.
+    this.control.end();
+    await exited;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fallback: child_process.spawn from the runner itself. Correct, but every fork copies the page
+// tables of a large process and blocks the event loop while it does.
+
+class NodeProcess implements ScriptProcess {
+  onStderr: ((chunk: Buffer | null) => void) | null = null;
+  readonly exited: Promise<ScriptExit>;
+  readonly stdout: Readable;
+  readonly stdin: Writable | null;
+
+  constructor(private readonly child: ChildProcess) {
+    this.stdout = child.stdout!;
+    this.stdin = child.stdin;
+    this.stdin?.on('error', () => {});
+    this.stdout.on('error', () => {});
+    child.stderr!.on('data', (chunk: Buffer) => this.onStderr?.(chunk));
+    child.stderr!.on('end', () => this.onStderr?.(null));
+    this.exited = new Promise((resolve) => {
+      child.once('error', (err) => {
+        this.onStderr?.(null);
+        resolve({ code: null, signal: null, groupLeft: false, error: `cannot execute ${child.spawnfile}: ${err.message}` });
+      });
+      child.once('exit', (code, signal) => {
+        resolve({ code, signal, groupLeft: child.pid !== undefined && groupAlive(child.pid) });
+      });
+    });
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  killGroup(signal: NodeJS.Signals): void {
+    if (this.child.pid !== undefined) signalGroup(this.child.pid, signal);
+  }
+}
+
+class NodeSpawner implements Spawner {
+  readonly kind = 'node' as const;
+  private readonly running = new Set<NodeProcess>();
+
+  spawn(request: SpawnRequest): ScriptProcess {
+    const child = spawnChild(request.file, request.argv.slice(1), {
+      argv0: request.argv[0],
+      cwd: request.cwd,
+      env: request.env,
+      // setsid(): the script leads its own process group, so one kill reaches all it starts.
+      detached: true,
+      stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    const proc = new NodeProcess(child);
+    this.running.add(proc);
+    void proc.exited.then(() => this.running.delete(proc));
+    return proc;
+  }
+
+  async close(): Promise<void> {
+    const procs = [...this.running];
+    for (const proc of procs) proc.killGroup('SIGTERM');
+    const timer = setTimeout(() => procs.forEach((p) => p.killGroup('SIGKILL')), 2000);
+    await Promise.all(procs.map((p) => p.exited));
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Starts a spawner. 'auto' uses the helper when Python 3.8+ can run it and falls back to Node's own spawn;
+ * CGI_RUNNER_SPAWNER=node|helper overrides 'auto' (for comparisons and tests).
+ */
+export async function startSpawner(kind: SpawnerKind = 'auto'): Promise<Spawner> {
+  const env = process.env.CGI_RUNNER_SPAWNER;
+  if (kind === 'auto' && (env === 'node' || env === 'helper')) kind = env;
+  if (kind === 'node') return new NodeSpawner();
+  try {
+    return await HelperSpawner.start();
+  } catch (err) {
+    if (kind === 'helper') throw err;
+    process.emitWarning(`${(err as Error).message}; spawning scripts from Node instead (slower)`);
+    return new NodeSpawner();
+  }
+}

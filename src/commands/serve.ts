@@ -1,0 +1,149 @@
+// `cgi-runner serve`: an HTTP/1.1 server that runs the executable files of a directory as CGI scripts under /cgi-bin/, a fresh process per request (RFC 3875).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { intFlag, type Command } from '../command.ts';
+import { CgiHost } from '../cgi/host.ts';
+import { scriptDirectory } from '../cgi/resolve.ts';
+import { cgiRoute } from '../http/cgi-route.ts';
+import { createHttpFront, type HttpFront } from '../http/server.ts';
+import { logError, logInfo } from '../log.ts';
+
+export interface ServeOptions {
+  port: number;
+  host: string;
+  cgiDir: string;
+  /** Seconds a script may run. */
+  timeout: number;
+  maxBody: number;
+  maxScripts: number;
+  passAuth?: boolean;
+  followSymlinks?: boolean;
+  isindexArgs?: boolean;
+  /** Seconds between SIGTERM and SIGKILL for a script being stopped. Default 2. */
+  killGrace?: number;
+}
+
+export interface RunningServer {
+  /** e.g. http://127.0.0.1:8080/cgi-bin/ */
+  readonly url: string;
+  readonly port: number;
+  readonly front: HttpFront;
+  readonly host: CgiHost;
+  /** Finishes in-flight requests for up to deadlineMs, then kills what is left. */
+  stop(deadlineMs?: number): Promise<void>;
+}
+
+const defaultMaxScripts = 4 * os.availableParallelism();
+const packageVersion = (() => {
+  try {
+    const pkg = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../package.json');
+    return (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { version?: string }).version ?? '0';
+  } catch {
+    return '0';
+  }
+})();
+
+export async function startServe(options: ServeOptions): Promise<RunningServer> {
+  const scripts = scriptDirectory(options.cgiDir, '/cgi-bin', options.followSymlinks);
+  const host = await CgiHost.start({
+    maxScripts: options.maxScripts,
+    timeoutMs: options.timeout * 1000,
+    killGraceMs: (options.killGrace ?? 2) * 1000,
+  });
+  const front = createHttpFront({
+    routes: [
+      cgiRoute({
+        host,
+        scripts,
+        // Where /cgi-bin/ sits: PATH_TRANSLATED maps PATH_INFO below it (RFC 3875 §4.1.6).
+        documentRoot: path.dirname(scripts.dir),
+        serverSoftware: `cgi-runner/${packageVersion}`,
+        maxBody: options.maxBody,
+        passAuth: options.passAuth,
+        isindexArgs: options.isindexArgs,
+        path: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+      }),
+    ],
+  });
+  let address;
+  try {
+    address = await front.listen(options.port, options.host);
+  } catch (err) {
+    await host.close();
+    throw err;
+  }
+  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  let stopping: Promise<void> | undefined;
+  return {
+    url: `http://${shownHost}:${address.port}/cgi-bin/`,
+    port: address.port,
+    front,
+    host,
+    stop(deadlineMs = options.timeout * 1000) {
+      stopping ??= front.stop(deadlineMs, () => host.close());
+      return stopping;
+    },
+  };
+}
+
+export const serveCommand: Command = {
+  name: 'serve',
+  summary: 'HTTP/1.1 server running the executable files of --cgi-dir as CGI scripts at /cgi-bin/, a fresh process per request (RFC 3875).',
+  details: [
+    'Scripts get a clean environment: PATH and the CGI variables. Their stderr goes to ours, each line prefixed with the script\'s name.',
+    'Scripts named nph-* write the whole HTTP response themselves.',
+    'SIGTERM or SIGINT: stop accepting, let in-flight requests finish for up to --timeout seconds, then kill what is left.',
+  ].join('\n'),
+  flags: {
+    port: { type: 'string', valueName: 'PORT', default: '8080', description: 'TCP port to listen on (0: any free port)' },
+    host: { type: 'string', valueName: 'ADDRESS', default: '127.0.0.1', description: 'address to listen on' },
+    'cgi-dir': { type: 'string', valueName: 'DIR', default: './cgi-bin', description: 'directory whose executable files are served at /cgi-bin/' },
+    timeout: { type: 'string', valueName: 'SECONDS', default: '30', description: 'kill a script (and its process group) still running after this' },
+    'max-body': { type: 'string', valueName: 'BYTES', default: String(1024 * 1024 * 1024), description: 'larger request bodies get 413' },
+    'max-scripts': { type: 'string', valueName: 'N', default: String(defaultMaxScripts), description: 'scripts running at once; more requests wait in a bounded queue, then get 503' },
+    'pass-auth': { type: 'boolean', description: 'pass the Authorization header to scripts (HTTP_AUTHORIZATION)' },
+    'follow-symlinks': { type: 'boolean', description: 'run symlinks whose target is outside --cgi-dir' },
+    'isindex-args': { type: 'boolean', description: 'a query without "=" becomes command-line arguments (RFC 3875 §4.4; off: CVE-2012-1823)' },
+  },
+  async run(values) {
+    const running = await startServe({
+      port: intFlag(values, 'port', 0),
+      host: values.host as string,
+      cgiDir: values['cgi-dir'] as string,
+      timeout: intFlag(values, 'timeout', 1),
+      maxBody: intFlag(values, 'max-body', 0),
+      maxScripts: intFlag(values, 'max-scripts', 1),
+      passAuth: values['pass-auth'] === true,
+      followSymlinks: values['follow-symlinks'] === true,
+      isindexArgs: values['isindex-args'] === true,
+    }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.message.startsWith('cgi:')) {
+        throw Object.assign(new Error(err.message), { code: 'USAGE' });
+      }
+      throw err;
+    });
+    process.stdout.write(`cgi-runner: serving ${path.resolve(values['cgi-dir'] as string)} at ${running.url}\n`);
+    logInfo(`cgi: scripts are started by the ${running.host.spawnerKind === 'helper' ? 'spawner helper (python3, posix_spawn)' : 'runner itself (child_process)'}; at most ${running.host.maxScripts} at once`);
+    await new Promise<void>((resolve) => {
+      let signals = 0;
+      const onSignal = (signal: NodeJS.Signals) => {
+        if (++signals > 1) {
+          // A second signal: stop waiting for in-flight requests.
+          logError(`cgi: ${signal} again, stopping now`);
+          void running.host.close().finally(() => process.exit(1));
+          return;
+        }
+        logInfo(`cgi: ${signal}: finishing ${running.front.inFlight} request(s), then stopping`);
+        void running.stop().then(resolve, (err) => {
+          logError(`cgi: stopping failed: ${(err as Error).message}`);
+          resolve();
+        });
+      };
+      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', onSignal);
+    });
+    return 0;
+  },
+};
