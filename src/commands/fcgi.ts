@@ -7,6 +7,7 @@ import { loadApp } from '../handler.ts';
 import { describeTarget, inheritedListenTarget, noListenerHelp, parseListenAddress, parseSocketMode, removeStaleSocket, type ListenTarget } from '../listen.ts';
 import { logError, logInfo, setLogFormat, type LogFormat } from '../log.ts';
 import { runPrimary } from '../workers.ts';
+import { runHealthCheck } from '../fastcgi/health-check.ts';
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -33,8 +34,14 @@ export const fcgiCommand: Command = {
     'shutdown-timeout': { type: 'string', valueName: 'SECONDS', default: '30', description: 'how long a graceful stop waits for in-flight requests' },
     'log-format': { type: 'string', valueName: 'FORMAT', default: 'combined', description: 'access and error log format: combined or json' },
     'no-access-log': { type: 'boolean', description: 'do not write an access line per request' },
+    check: { type: 'string', valueName: 'ADDRESS', description: 'health check, then exit: GET_VALUES and one GET request to ADDRESS; exit 0 on a 2xx/3xx answer, 1 otherwise' },
+    'check-path': { type: 'string', valueName: 'PATH', default: '/', description: 'request target of the --check request' },
+    'check-timeout': { type: 'string', valueName: 'SECONDS', default: '5', description: 'how long --check waits for the whole exchange' },
   },
   async run(values) {
+    if (typeof values.check === 'string') {
+      return runHealthCheck({ address: values.check, path: values['check-path'] as string, timeoutMs: Number(values['check-timeout']) * 1000 || 5000 });
+    }
     setLogFormat(values['log-format'] as LogFormat);
     const workers = intFlag(values, 'workers', 1);
     const socketMode = parseSocketMode(values['socket-mode'] as string);
@@ -52,8 +59,12 @@ export const fcgiCommand: Command = {
 
 function resolveTarget(values: Values): ListenTarget {
   if (typeof values.listen === 'string') return parseListenAddress(values.listen);
+  // A worker is not the process named in LISTEN_PID, so it takes the descriptor its primary found.
+  const fromPrimary = cluster.isWorker ? process.env.CGI_RUNNER_INHERITED_FD : undefined;
+  if (fromPrimary) return { kind: 'fd', fd: Number(fromPrimary), origin: 'inherited by the primary' };
   const inherited = inheritedListenTarget();
   if (!inherited) throw new TypeError(noListenerHelp);
+  if (inherited.kind === 'fd' && cluster.isPrimary) process.env.CGI_RUNNER_INHERITED_FD = String(inherited.fd);
   return inherited;
 }
 
