@@ -36,7 +36,7 @@ function parsePositive(values: Values, name: string): number | undefined {
   return n;
 }
 
-function machineInfo(pinning: MachineInfo['pinning']): MachineInfo {
+function machineInfo(pinning: MachineInfo['pinning'], loadAverage: number[]): MachineInfo {
   const cpus = os.cpus();
   return {
     platform: `${os.type()} ${os.release()}`.split(' ')[0]!,
@@ -45,7 +45,7 @@ function machineInfo(pinning: MachineInfo['pinning']): MachineInfo {
     // os.cpus(), not availableParallelism(): this process is pinned to one CPU by now.
     cpus: os.cpus().length,
     memoryMb: Math.round(os.totalmem() / (1024 * 1024)),
-    loadAverage: os.loadavg().map((n) => Math.round(n * 100) / 100),
+    loadAverage: loadAverage.map((n) => Math.round(n * 100) / 100),
     node: process.version,
     pinning,
   };
@@ -73,7 +73,7 @@ export const benchCommand: Command = {
     '(taskset); CGI_RUNNER_BENCH_PIN=0 turns that off. Ctrl-C stops every process it started.',
   ].join('\n'),
   flags: {
-    duration: { type: 'string', valueName: 'SECONDS', default: '4', description: 'measured seconds per target and connection count, over all rounds' },
+    duration: { type: 'string', valueName: 'SECONDS', default: '3', description: 'measured seconds per target and connection count, over all rounds' },
     connections: { type: 'string', valueName: 'LIST', default: '1,8,32', description: 'connection counts, comma-separated' },
     targets: { type: 'string', valueName: 'LIST', description: 'targets to run, comma-separated (default: every one whose peer is installed)' },
     rate: { type: 'string', valueName: 'N', description: 'open loop at N requests/s in total (default: closed loop)' },
@@ -99,7 +99,8 @@ export const benchCommand: Command = {
     process.on('SIGTERM', onSignal);
 
     // Other work on the machine moves every number; say so rather than print noise as fact.
-    const [load1] = os.loadavg();
+    const loadAtStart = os.loadavg();
+    const [load1] = loadAtStart;
     if (load1! > 0.5) say(`the machine is busy (load average ${load1!.toFixed(2)} before starting): expect noisy results`);
 
     const plan = planPinning();
@@ -145,7 +146,7 @@ export const benchCommand: Command = {
       const names = stack.targets.map((t) => t.name);
       const baseline = BASELINE_ORDER.find((b) => names.includes(b)) ?? names[0];
       const report: BenchReport = {
-        machine: machineInfo(pinning),
+        machine: machineInfo(pinning, loadAtStart),
         results: outcome.results,
         run: {
           command: commandLine(values),
