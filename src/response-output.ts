@@ -1,4 +1,5 @@
 // Turns a Fetch Response into CGI output: the `Status:` header block, and the body as bytes or a stream.
+import { lightweightParts, type LightweightParts } from './lightweight-response.ts';
 
 const reasonPhrases: Record<number, string> = {
   100: 'Continue', 101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 203: 'Non-Authoritative Information',
@@ -28,6 +29,11 @@ function safeValue(value: string): string {
  * its own line (every Set-Cookie separate), then a blank line.
  */
 export function cgiHeaderBlock(response: Response): string {
+  const light = lightweightParts(response);
+  if (light) {
+    const head = lightweightHeaderBlock(light);
+    if (head !== undefined) return head;
+  }
   const status = response.status;
   let head = `Status: ${status} ${response.statusText || reasonPhrase(status)}\r\n`;
   for (const [name, value] of response.headers) {
@@ -58,6 +64,8 @@ function findStateSymbol(): symbol | null {
  * otherwise undefined (use the stream). `null` means no body at all.
  */
 export function plainBody(response: Response): Uint8Array | string | null | undefined {
+  const light = lightweightParts(response);
+  if (light) return light.body;
   if (response.body === null) return null;
   if (stateSymbol === undefined) stateSymbol = findStateSymbol();
   if (!stateSymbol || response.bodyUsed) return undefined;
@@ -66,4 +74,41 @@ export function plainBody(response: Response): Uint8Array | string | null | unde
   const value = source.source;
   if (typeof value === 'string' || value instanceof Uint8Array) return value;
   return undefined;
+}
+
+const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// What undici's Headers would reject in a value (NUL, CR, LF) or cannot hold (beyond latin1).
+const badHeaderValue = /[\0\r\n]|[^\x00-\xff]/;
+
+/**
+ * The header block straight from a lightweight Response's init, without building Headers. Returns
+ * undefined when a name or value needs the real Headers' checks (which then throw, as they should).
+ */
+function lightweightHeaderBlock(parts: LightweightParts): string | undefined {
+  let head = `Status: ${parts.status} ${parts.statusText || reasonPhrase(parts.status)}\r\n`;
+  let hasContentType = false;
+  const init = parts.headers as unknown;
+  if (init !== undefined) {
+    let entries: Iterable<readonly [string, string]>;
+    if (init instanceof Headers) {
+      // Already validated and lower-cased by Headers; only Set-Cookie needs its own lines.
+      for (const [name, value] of init) if (name !== 'set-cookie') head += `${name}: ${value}\r\n`;
+      for (const cookie of init.getSetCookie()) head += `set-cookie: ${cookie}\r\n`;
+      hasContentType = init.has('content-type');
+      entries = [];
+    } else if (Array.isArray(init)) entries = init as Array<[string, string]>;
+    else if (typeof init === 'object' && init !== null) entries = Object.entries(init as Record<string, string>);
+    else return undefined;
+    for (const pair of entries) {
+      if (pair.length !== 2) return undefined;
+      const name = pair[0];
+      const value = String(pair[1]).trim();
+      if (!headerName.test(name) || badHeaderValue.test(value)) return undefined;
+      if (!hasContentType && name.length === 12 && name.toLowerCase() === 'content-type') hasContentType = true;
+      head += `${name}: ${value}\r\n`;
+    }
+  }
+  // A string body gets the default type undici would give it (Fetch standard, "extract a body").
+  if (!hasContentType && typeof parts.body === 'string') head += 'content-type: text/plain;charset=UTF-8\r\n';
+  return head + '\r\n';
 }

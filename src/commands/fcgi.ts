@@ -4,6 +4,7 @@ import { intFlag, type Command } from '../command.ts';
 import { Responder, defaultResponderOptions } from '../fastcgi/responder.ts';
 import { startResponderServer, stopOnSignals } from '../fastcgi/server.ts';
 import { loadApp } from '../handler.ts';
+import { installLightweightResponse } from '../lightweight-response.ts';
 import { describeTarget, inheritedListenTarget, noListenerHelp, parseListenAddress, parseSocketMode, removeStaleSocket, type ListenTarget } from '../listen.ts';
 import { logError, logInfo, setLogFormat, type LogFormat } from '../log.ts';
 import { runPrimary } from '../workers.ts';
@@ -70,6 +71,8 @@ function resolveTarget(values: Values): ListenTarget {
 
 async function runResponderProcess(values: Values, target: ListenTarget, socketMode: number): Promise<number> {
   const appFile = values.app as string;
+  // Before the app loads, so that every `new Response` in it is the lightweight one.
+  installLightweightResponse();
   let app;
   try {
     app = await loadApp(appFile);

@@ -38,6 +38,7 @@ import {
   encodeUnknownType,
 } from './record.ts';
 import { StdinBody } from './stdin-body.ts';
+import { LazyAbort } from '../lazy-abort.ts';
 
 export interface ResponderOptions {
   /** Connections served at once by this process; more are closed on accept. Answered as FCGI_MAX_CONNS. */
@@ -82,7 +83,7 @@ interface ActiveRequest {
   paramsBytes: number;
   params: Record<string, string> | null;
   stdin: StdinBody | null;
-  controller: AbortController;
+  controller: LazyAbort;
   /** True once END_REQUEST is queued or the request was dropped: later output is discarded. */
   done: boolean;
   headSent: boolean;
@@ -309,7 +310,7 @@ export class ResponderConnection {
       paramsBytes: 0,
       params: null,
       stdin: null,
-      controller: new AbortController(),
+      controller: new LazyAbort(),
       done: false,
       headSent: false,
       status: 0,
@@ -359,11 +360,23 @@ export class ResponderConnection {
 
   private startApp(request: ActiveRequest): void {
     const params = request.params!;
-    const signal = request.controller.signal;
+    const abort = request.controller;
     const stdin = request.stdin;
     const role = roleNames[request.role];
-    const appRequest = createLazyRequest({ params, signal, body: stdin ? () => stdin.toStream() : null });
-    const context: AppContext = { params, role, signal };
+    const appRequest = createLazyRequest({
+      params,
+      get signal() {
+        return abort.signal;
+      },
+      body: stdin ? () => stdin.toStream() : null,
+    });
+    const context: AppContext = {
+      params,
+      role,
+      get signal() {
+        return abort.signal;
+      },
+    };
     let result: Response | Promise<Response>;
     try {
       result = this.responder.app.fetch(appRequest, context);
