@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { intFlag, type Command } from '../command.ts';
 import { CgiHost } from '../cgi/host.ts';
 import { scriptDirectory } from '../cgi/resolve.ts';
+import type { SpawnerKind } from '../cgi/spawner.ts';
 import { cgiRoute } from '../http/cgi-route.ts';
 import { createHttpFront, type HttpFront } from '../http/server.ts';
 import { logError, logInfo } from '../log.ts';
@@ -23,6 +24,8 @@ export interface ServeOptions {
   isindexArgs?: boolean;
   /** Seconds between SIGTERM and SIGKILL for a script being stopped. Default 2. */
   killGrace?: number;
+  /** How scripts are started (default 'auto': the helper when python3 runs, else Node's spawn). */
+  spawner?: SpawnerKind;
 }
 
 export interface RunningServer {
@@ -51,6 +54,7 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
     maxScripts: options.maxScripts,
     timeoutMs: options.timeout * 1000,
     killGraceMs: (options.killGrace ?? 2) * 1000,
+    spawner: options.spawner,
   });
   const front = createHttpFront({
     routes: [
