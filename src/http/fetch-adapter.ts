@@ -1,0 +1,89 @@
+// Serves a Fetch-style app on node:http directly (no gateway): the "same app, plain node:http" comparison.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import { createLazyRequest, type App, type AppContext } from '../handler.ts';
+import { LazyAbort } from '../lazy-abort.ts';
+import { cgiHeaderBlock, plainBody } from '../response-output.ts';
+import { logError } from '../log.ts';
+
+/**
+ * The params a web server would send for this request, so the app sees the same `context.params`
+ * and the same lazy Request as behind FastCGI.
+ */
+function paramsOf(req: IncomingMessage): Record<string, string> {
+  const params: Record<string, string> = {
+    REQUEST_METHOD: req.method ?? 'GET',
+    REQUEST_URI: req.url ?? '/',
+    SERVER_PROTOCOL: `HTTP/${req.httpVersion}`,
+    REMOTE_ADDR: req.socket.remoteAddress ?? '',
+  };
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toUpperCase().replace(/-/g, '_');
+    const key = name === 'CONTENT_TYPE' || name === 'CONTENT_LENGTH' ? name : 'HTTP_' + name;
+    params[key] = params[key] === undefined ? raw[i + 1] : `${params[key]}, ${raw[i + 1]}`;
+  }
+  return params;
+}
+
+/** Splits a CGI header block back into status and headers for node:http. */
+function writeHead(res: ServerResponse, head: string, contentLength?: number): void {
+  const lines = head.split('\r\n');
+  let status = 200;
+  const headers: Array<[string, string]> = [];
+  for (const line of lines) {
+    if (!line) continue;
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon);
+    const value = line.slice(colon + 2);
+    if (name === 'Status') status = Number(value.slice(0, 3));
+    else headers.push([name, value]);
+  }
+  if (contentLength !== undefined) headers.push(['content-length', String(contentLength)]);
+  res.writeHead(status, headers.flat());
+}
+
+export function fetchRequestListener(app: App): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const params = paramsOf(req);
+    const abort = new LazyAbort();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort(new Error('client closed the connection'));
+    });
+    const request = createLazyRequest({
+      params,
+      get signal() {
+        return abort.signal;
+      },
+      body: () => Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>,
+    });
+    const context: AppContext = {
+      params,
+      role: 'responder',
+      get signal() {
+        return abort.signal;
+      },
+    };
+    Promise.resolve()
+      .then(() => app.fetch(request, context))
+      .then(async (response) => {
+        const head = cgiHeaderBlock(response);
+        const body = req.method === 'HEAD' ? null : plainBody(response);
+        if (body !== undefined) {
+          writeHead(res, head, body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
+          res.end(body ?? undefined);
+          return;
+        }
+        writeHead(res, head);
+        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+          if (!res.write(chunk)) await new Promise((resolve) => res.once('drain', resolve));
+        }
+        res.end();
+      })
+      .catch((err) => {
+        logError(`app: request failed: ${(err as Error)?.stack ?? err}`);
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end('Internal Server Error\n');
+        else res.destroy();
+      });
+  };
+}
