@@ -75,6 +75,8 @@ export interface RawResponse {
   body: Buffer;
   /** True when the body was framed (Content-Length or chunked) and complete. */
   complete: boolean;
+  /** Bytes after a framed response (the next pipelined response). */
+  rest: Buffer;
 }
 
 /**
@@ -91,7 +93,7 @@ export function rawRequest(port: number, request: string | Buffer, options: { ex
     socket.on('error', reject);
     socket.on('close', () => {
       try {
-        resolve(parseResponse(Buffer.concat(chunks)));
+        resolve(parseResponse(Buffer.concat(chunks), { head: bytes.subarray(0, 5).toString('latin1') === 'HEAD ' }));
       } catch (err) {
         reject(err);
       }
@@ -101,12 +103,46 @@ export function rawRequest(port: number, request: string | Buffer, options: { ex
   });
 }
 
+/**
+ * Sends several requests on one connection at once (pipelined; the last should say
+ * Connection: close) and parses the responses in order: checks that each is framed correctly.
+ */
+export function rawExchange(port: number, requests: string[]): Promise<RawResponse[]> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: '127.0.0.1' });
+    const chunks: Buffer[] = [];
+    socket.setTimeout(15_000, () => socket.destroy(new Error('rawExchange: timed out')));
+    socket.on('data', (c) => chunks.push(c));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      try {
+        resolve(parseResponses(Buffer.concat(chunks), requests.map((r) => r.slice(0, r.indexOf(' ')))));
+      } catch (err) {
+        reject(err);
+      }
+    });
+    socket.write(requests.map((r) => r.replace(/\r?\n/g, '\r\n')).join(''));
+  });
+}
+
 /** GET with Connection: close, plus extra header lines. */
 export function get(port: number, target: string, headers: string[] = [], method = 'GET'): Promise<RawResponse> {
   return rawRequest(port, `${method} ${target} HTTP/1.1\nHost: 127.0.0.1:${port}\n${headers.map((h) => h + '\n').join('')}Connection: close\n\n`);
 }
 
-export function parseResponse(data: Buffer): RawResponse {
+/** Parses the responses to pipelined requests with these methods, in order. */
+export function parseResponses(data: Buffer, methods: string[]): RawResponse[] {
+  const responses: RawResponse[] = [];
+  for (const method of methods) {
+    const response = parseResponse(data, { head: method === 'HEAD', framedOnly: true });
+    responses.push(response);
+    data = response.rest;
+  }
+  return responses;
+}
+
+/** Parses one response. `head`: the request was HEAD (no body whatever the headers say). */
+export function parseResponse(data: Buffer, options: { head?: boolean; framedOnly?: boolean } = {}): RawResponse {
   const end = data.indexOf('\r\n\r\n');
   assert.ok(end !== -1, `no complete response head in ${JSON.stringify(data.subarray(0, 200).toString('latin1'))}`);
   const rawHead = data.subarray(0, end).toString('latin1');
@@ -123,7 +159,13 @@ export function parseResponse(data: Buffer): RawResponse {
   let rest = data.subarray(end + 4);
   let body = rest;
   let complete = false;
-  if (headers['transfer-encoding'] === 'chunked') {
+  let after: Buffer = Buffer.alloc(0);
+  const status = Number(m[1]);
+  if (options.head || status === 204 || status === 304 || (status >= 100 && status < 200)) {
+    body = Buffer.alloc(0) as Buffer;
+    complete = true;
+    after = rest;
+  } else if (headers['transfer-encoding'] === 'chunked') {
     const parts: Buffer[] = [];
     for (;;) {
       const nl = rest.indexOf('\r\n');
@@ -132,6 +174,7 @@ export function parseResponse(data: Buffer): RawResponse {
       if (Number.isNaN(size)) break;
       if (size === 0) {
         complete = true;
+        after = rest.subarray(nl + 4);
         break;
       }
       if (rest.length < nl + 2 + size + 2) {
@@ -146,8 +189,12 @@ export function parseResponse(data: Buffer): RawResponse {
     const length = Number(headers['content-length']);
     complete = rest.length >= length;
     body = rest.subarray(0, length);
+    after = rest.subarray(length);
+  } else if (options.framedOnly) {
+    body = Buffer.alloc(0) as Buffer;
+    after = rest;
   }
-  return { status: Number(m[1]), reason: m[2]!, headers, rawHead, body, complete };
+  return { status, reason: m[2]!, headers, rawHead, body, complete, rest: after };
 }
 
 /** The environment a script printed with ENV_SCRIPT. */
@@ -184,4 +231,20 @@ export async function waitFor<T>(what: string, fn: () => T | undefined, timeoutM
     if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
     await sleep(10);
   }
+}
+
+/** Collects what the runner writes to stderr (its error log) while the test runs. */
+export function captureLog(): { text(): string; restore(): void } {
+  const original = process.stderr.write.bind(process.stderr);
+  let text = '';
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    text += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
+    return (original as (...args: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
+  return {
+    text: () => text,
+    restore: () => {
+      process.stderr.write = original;
+    },
+  };
 }

@@ -1,5 +1,5 @@
 // The /cgi-bin/ route: turns an HTTP request into a CGI invocation (script, environment, body) for the host, and the script's response back into HTTP (RFC 3875 §6).
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { cgiEnv, CgiEnvError, isindexArgs, type CgiRequestFacts } from '../cgi/env.ts';
@@ -213,16 +213,26 @@ function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, scri
       // Fewer bytes than announced: end the connection, so the client sees a cut response rather
       // than waiting for bytes that will never come.
       logError(`cgi: the script wrote ${sent} of its Content-Length of ${limit} bytes`, { target: scriptName });
-      res.destroy();
+      cut(res);
       return;
     }
     res.end();
   });
   // Killed mid-way (timeout) or the client left: the response is cut, not completed.
-  body.once('error', () => res.destroy());
+  body.once('error', () => cut(res));
   res.once('close', () => {
     if (!body.readableEnded) body.destroy();
   });
+}
+
+/**
+ * Ends a response that cannot be completed: what was written is flushed, then the connection is
+ * closed, so the client sees a short body (or a chunked body without its last chunk).
+ */
+function cut(res: ServerResponse): void {
+  const socket = res.socket;
+  if (socket && !socket.destroyed) socket.end();
+  else res.destroy();
 }
 
 /** An nph- script wrote the whole HTTP response: its bytes go to the connection as they are. */
