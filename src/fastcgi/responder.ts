@@ -405,10 +405,10 @@ export class ResponderConnection {
     let head: string;
     try {
       head = cgiHeaderBlock(response);
-      // Fetch Headers lowercase every name, but an Authorizer's `Variable-NAME` becomes the variable NAME
-      // on the web server (Apache sets it as is, and params are case-sensitive): send NAME upper-cased,
-      // as CGI variables are, so `Variable-REMOTE_USER` arrives as REMOTE_USER and not remote_user.
-      if (request.role === FCGI_AUTHORIZER) head = head.replace(/^variable-([^:]*):/gm, (_, name: string) => `Variable-${name.toUpperCase()}:`);
+      // An Authorizer's `Variable-NAME` becomes the variable NAME on the web server (Apache sets it as is,
+      // and params are case-sensitive), but Fetch Headers lowercase every name: send NAME upper-cased, as
+      // CGI variables are, whatever case the app wrote, so REMOTE_USER arrives and not remote_user.
+      if (request.role === FCGI_AUTHORIZER) head = head.replace(/^variable-([^:]*):/gim, (_, name: string) => `Variable-${name.toUpperCase()}:`);
     } catch (err) {
       this.appFailed(request, err);
       return;
