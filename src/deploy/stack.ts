@@ -210,3 +210,34 @@ export async function startDeployApache(options: { env: Record<string, string>; 
 export async function socketDir(prefix = 'deploy-sock-'): Promise<TempDir> {
   return makeTempDir(prefix);
 }
+
+/**
+ * The responder's side of its open connections: ESTABLISHED TCP connections to the port of
+ * "host:port", or connected unix sockets bound to a socket path (accepted sockets carry the path in
+ * /proc/net/unix, the web server's side does not). Connections that outlive their request are reuse.
+ */
+export function serverConnections(address: string): number {
+  const read = (file: string) => {
+    try {
+      return fs.readFileSync(file, 'utf8').split('\n').slice(1);
+    } catch {
+      return [];
+    }
+  };
+  if (address.startsWith('/')) {
+    // Num RefCount Protocol Flags Type St Inode Path; St 03 is SS_CONNECTED (the listener is 01).
+    return read('/proc/net/unix').filter((line) => {
+      const f = line.trim().split(/\s+/);
+      return f[7] === address && f[5] === '03';
+    }).length;
+  }
+  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  let count = 0;
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of read(file)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length > 3 && parseInt(f[1]!.split(':')[1]!, 16) === port && f[3] === '01') count++;
+    }
+  }
+  return count;
+}
