@@ -106,8 +106,10 @@ export function rawRequest(port: number, request: string | Buffer, options: { ex
 /**
  * Sends several requests on one connection at once (pipelined; the last should say
  * Connection: close) and parses the responses in order: checks that each is framed correctly.
+ * Strings get CRLF line ends; Buffers are sent as they are.
  */
-export function rawExchange(port: number, requests: string[]): Promise<RawResponse[]> {
+export function rawExchange(port: number, requests: Array<string | Buffer>): Promise<RawResponse[]> {
+  const bytes = requests.map((r) => (typeof r === 'string' ? Buffer.from(r.replace(/\r?\n/g, '\r\n'), 'latin1') : r));
   return new Promise((resolve, reject) => {
     const socket = net.connect({ port, host: '127.0.0.1' });
     const chunks: Buffer[] = [];
@@ -116,12 +118,12 @@ export function rawExchange(port: number, requests: string[]): Promise<RawRespon
     socket.on('error', reject);
     socket.on('close', () => {
       try {
-        resolve(parseResponses(Buffer.concat(chunks), requests.map((r) => r.slice(0, r.indexOf(' ')))));
+        resolve(parseResponses(Buffer.concat(chunks), bytes.map((r) => r.subarray(0, r.indexOf(' ')).toString('latin1'))));
       } catch (err) {
         reject(err);
       }
     });
-    socket.write(requests.map((r) => r.replace(/\r?\n/g, '\r\n')).join(''));
+    socket.write(Buffer.concat(bytes));
   });
 }
 

@@ -107,6 +107,11 @@ export class CgiHost {
     return this.spawner.kind;
   }
 
+  /** The pid of the spawner helper (the parent of every script), or undefined without one. */
+  get spawnerPid(): number | undefined {
+    return this.spawner.pid;
+  }
+
   /** Scripts running now. */
   get running(): number {
     return this.active;

@@ -43,6 +43,8 @@ export interface ScriptProcess {
 
 export interface Spawner {
   readonly kind: 'helper' | 'node';
+  /** The helper's pid (the parent of every script), when there is a helper. */
+  readonly pid: number | undefined;
   spawn(request: SpawnRequest): ScriptProcess;
   /** Kills every script still running and stops the helper. */
   close(): Promise<void>;
@@ -78,7 +80,7 @@ export function groupAlive(pgid: number): boolean {
 // descriptor and makes no syscall of its own: frames ride on one pipe, batched per event-loop turn.
 
 /** Stdout bytes the helper may relay before the runner acknowledges them (matches spawner.py). */
-const stdoutWindow = 256 * 1024;
+const stdoutWindow = 1024 * 1024;
 /** Stdin bytes sent ahead of the helper's confirmation that they reached the script. */
 const stdinWindow = 256 * 1024;
 const frameHeader = 9;
@@ -189,6 +191,9 @@ const helperScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'sp
 class HelperSpawner implements Spawner {
   readonly kind = 'helper' as const;
   private nextId = 1;
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
   private readonly running = new Map<number, HelperProcess>();
   private pending: Buffer[] = [];
   private flushScheduled = false;
@@ -407,6 +412,7 @@ class NodeProcess implements ScriptProcess {
 
 class NodeSpawner implements Spawner {
   readonly kind = 'node' as const;
+  readonly pid = undefined;
   private readonly running = new Set<NodeProcess>();
 
   spawn(request: SpawnRequest): ScriptProcess {

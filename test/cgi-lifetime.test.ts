@@ -1,0 +1,235 @@
+// How long scripts live: output streams as written, the timeout and a client that leaves kill the whole process group, the concurrency cap queues then refuses, nothing is left behind, and SIGTERM drains the server.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { processGroupMembers } from '../src/peers/index.ts';
+import { assertGroupGone, get, rawRequest, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const sh = (body: string) => `#!/bin/sh\n${body}\n`;
+
+// Each records its pid (its process group) in ROOT/pids/QUERY_STRING, then starts a member of its
+// group that ignores SIGTERM, so only the SIGKILL that follows can end it.
+const scripts = {
+  'stream.sh': sh(`printf 'Content-Type: text/plain\\n\\nfirst\\n'; sleep 1; printf 'second\\n'`),
+  'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; trap '' TERM; sleep 60 & sleep 60`),
+  'hang-after-output.sh': sh(`printf 'Content-Type: text/plain\\n\\npartial\\n'; echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
+  'background.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 >/dev/null 2>&1 & printf 'Content-Type: text/plain\\n\\ndone\\n'`),
+  'slow.sh': sh(`sleep 0.2; printf 'Content-Type: text/plain\\n\\n%s\\n' "$QUERY_STRING"`),
+  'big.sh': sh(`printf 'Content-Type: application/octet-stream\\n\\n'; exec head -c "$QUERY_STRING" /dev/zero`),
+};
+
+function readPid(server: CgiServer, name: string): Promise<number> {
+  const file = path.join(path.dirname(server.dir), 'pids', name);
+  return waitFor(`pid file ${name}`, () => {
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
+    return text ? Number(text) : undefined;
+  });
+}
+
+function zombiesOf(parent: number): number[] {
+  const zombies: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (state === 'Z' && Number(ppid) === parent) zombies.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return zombies;
+}
+
+function rss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+describe('script lifetime', () => {
+  let server: CgiServer;
+  let port: number;
+  // The timeout tests need a short timeout; streaming a large response needs a longer one.
+  let patient: CgiServer;
+  before(async () => {
+    [server, patient] = await Promise.all([
+      startCgiServer(scripts, { timeout: 1, killGrace: 0.3, maxScripts: 8 }),
+      startCgiServer(scripts, { timeout: 30 }),
+    ]);
+    port = server.port;
+    fs.mkdirSync(path.join(path.dirname(server.dir), 'pids'));
+  });
+  after(() => Promise.all([server?.close(), patient?.close()]));
+
+  test('output reaches the client as the script writes it', async () => {
+    const started = performance.now();
+    const times: number[] = [];
+    const body = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(patient.port, '127.0.0.1');
+      let text = '';
+      socket.on('data', (d) => {
+        text += d.toString();
+        times.push(performance.now() - started);
+      });
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+      socket.write('GET /cgi-bin/stream.sh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    });
+    assert.match(body, /first\n[\s\S]*second\n/);
+    const firstByte = times[0]!;
+    assert.ok(firstByte < 600, `the first part came after ${firstByte.toFixed(0)} ms`);
+    assert.ok(times.at(-1)! - firstByte >= 800, 'the second part came a second later');
+  });
+
+  test('a 256 MiB response streams through with bounded memory', async () => {
+    const size = 256 * 1024 * 1024;
+    const helper = patient.host.spawnerPid;
+    const before = process.memoryUsage().rss;
+    let peak = 0;
+    let helperPeak = 0;
+    const received = await new Promise<number>((resolve, reject) => {
+      const socket = net.connect(patient.port, '127.0.0.1');
+      let bytes = 0;
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, process.memoryUsage().rss - before);
+        if (helper) helperPeak = Math.max(helperPeak, rss(helper));
+      }, 20);
+      socket.on('data', (d) => (bytes += d.length));
+      socket.on('close', () => {
+        clearInterval(sampler);
+        resolve(bytes);
+      });
+      socket.on('error', reject);
+      socket.write(`GET /cgi-bin/big.sh?${size} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    });
+    assert.ok(received > size, `received ${received} bytes`);
+    assert.ok(peak < 96 * 1024 * 1024, `the runner grew by ${(peak / 1048576).toFixed(0)} MiB`);
+    if (helper) assert.ok(helperPeak < 64 * 1024 * 1024, `the helper reached ${(helperPeak / 1048576).toFixed(0)} MiB`);
+  });
+
+  test('timeout before any output: 504, and the whole process group is killed', async () => {
+    const started = Date.now();
+    const pending = get(port, '/cgi-bin/hang.sh?timeout1');
+    const pgid = await readPid(server, 'timeout1');
+    assert.ok(processGroupMembers(pgid).length >= 2, 'the script and its background child run');
+    const r = await pending;
+    assert.equal(r.status, 504);
+    assert.ok(Date.now() - started >= 900, 'not before the timeout');
+    // TERM is ignored by both: only the KILL after the grace period ends them.
+    await assertGroupGone(pgid);
+  });
+
+  test('timeout after some output: the response is cut, and the group killed', async () => {
+    const pending = get(port, '/cgi-bin/hang-after-output.sh?timeout2');
+    const pgid = await readPid(server, 'timeout2');
+    const r = await pending;
+    assert.equal(r.status, 200);
+    assert.equal(r.body.toString(), 'partial\n');
+    assert.equal(r.complete, false, 'the chunked body has no last chunk');
+    await assertGroupGone(pgid);
+  });
+
+  test('a client that disconnects gets its script killed, group and all', async () => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.write('GET /cgi-bin/hang.sh?disconnect HTTP/1.1\r\nHost: x\r\n\r\n');
+    const pgid = await readPid(server, 'disconnect');
+    const left = Date.now();
+    socket.destroy();
+    await assertGroupGone(pgid, 3000);
+    assert.ok(Date.now() - left < 900, 'killed when the client left, not at the timeout');
+  });
+
+  test('background processes left by a finished script are killed', async () => {
+    const r = await get(port, '/cgi-bin/background.sh?background');
+    assert.equal(r.body.toString(), 'done\n');
+    const pgid = await readPid(server, 'background');
+    await assertGroupGone(pgid, 3000);
+  });
+
+  test('32 concurrent requests all get their own answer', async () => {
+    const responses = await Promise.all(Array.from({ length: 32 }, (_, i) => get(port, `/cgi-bin/slow.sh?n${i}`)));
+    responses.forEach((r, i) => {
+      assert.equal(r.status, 200);
+      assert.equal(r.body.toString(), `n${i}\n`);
+    });
+  });
+
+  test('no zombies are left', async () => {
+    await Promise.all(Array.from({ length: 16 }, () => get(port, '/cgi-bin/slow.sh?z')));
+    await sleep(100);
+    const parent = server.host.spawnerPid ?? process.pid;
+    assert.deepEqual(zombiesOf(parent), []);
+  });
+});
+
+describe('the concurrency cap', () => {
+  let server: CgiServer;
+  before(async () => {
+    server = await startCgiServer({ 'slow.sh': sh(`sleep 0.4; printf 'Content-Type: text/plain\\n\\n%s\\n' "$QUERY_STRING"`) }, { maxScripts: 1 });
+  });
+  after(() => server?.close());
+
+  test('--max-scripts: requests beyond it wait in a bounded queue, then get 503', async () => {
+    assert.equal(server.host.queueLimit, 8);
+    const first = get(server.port, '/cgi-bin/slow.sh?first');
+    await waitFor('the first script to run', () => (server.host.running === 1 ? true : undefined));
+    const queued = Array.from({ length: 8 }, (_, i) => get(server.port, `/cgi-bin/slow.sh?q${i}`));
+    await sleep(100);
+    const started = Date.now();
+    const refused = await get(server.port, '/cgi-bin/slow.sh?refused');
+    assert.equal(refused.status, 503);
+    assert.ok(Date.now() - started < 300, 'refused at once when the queue is full');
+    assert.equal((await first).body.toString(), 'first\n');
+    const results = await Promise.all(queued);
+    results.forEach((r, i) => assert.equal(r.body.toString(), `q${i}\n`));
+  });
+});
+
+describe('serve and SIGTERM', () => {
+  test('in-flight requests finish, new ones are refused, stragglers are killed at the deadline', async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-test-'));
+    const dir = path.join(root, 'cgi-bin');
+    fs.mkdirSync(path.join(root, 'pids'), { recursive: true });
+    writeScripts(dir, { 'slow.sh': scripts['slow.sh'], 'hang.sh': scripts['hang.sh'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir, '--timeout', '2'], {
+      cwd: repo,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.stderr.on('data', () => {});
+      const url = await waitFor('the URL line', () => /at (http:\/\/\S+)/.exec(out)?.[1], 20_000);
+      const port = Number(new URL(url).port);
+      assert.equal((await get(port, '/cgi-bin/slow.sh?warm')).status, 200);
+
+      const slow = get(port, '/cgi-bin/slow.sh?inflight');
+      const hanging = get(port, '/cgi-bin/hang.sh?straggler');
+      const pgid = await waitFor('the straggler', () => {
+        const f = path.join(root, 'pids', 'straggler');
+        return fs.existsSync(f) && fs.readFileSync(f, 'utf8').trim() ? Number(fs.readFileSync(f, 'utf8')) : undefined;
+      });
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      const r = await slow;
+      assert.equal(r.status, 200);
+      assert.equal(r.body.toString(), 'inflight\n');
+      await sleep(100);
+      await assert.rejects(get(port, '/cgi-bin/slow.sh?late'), /ECONNREFUSED/);
+      assert.notEqual((await hanging).status, 200);
+      assert.equal(await exited, 0);
+      await assertGroupGone(pgid, 3000);
+    } finally {
+      child.kill('SIGKILL');
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
