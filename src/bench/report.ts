@@ -164,10 +164,12 @@ export function headline(results: readonly BenchResult[], rate: number | null = 
   ]
     .map(([t, label]) => [find(results, t!, low), label] as const)
     .filter(([r]) => r);
-  const persistent = find(results, 'fcgi-serve', low) ?? find(results, 'fcgi-nginx-unix', low);
+  const viaServe = find(results, 'fcgi-serve', low);
+  const viaNginx = find(results, 'fcgi-nginx-unix', low);
   if (cgi.length) {
     const parts = cgi.map(([r, label]) => `${formatMs(r!.latencyMs.p50)} for ${label}`);
-    const tail = persistent ? `; the persistent responder (${persistent.target}) answers in ${formatMs(persistent.latencyMs.p50)}` : '';
+    const answers = [viaServe && `${formatMs(viaServe.latencyMs.p50)} through serve`, viaNginx && `${formatMs(viaNginx.latencyMs.p50)} behind nginx`].filter(Boolean);
+    const tail = answers.length ? `; the persistent responder running the same fcgi/hello.ts answers in ${joinWords(answers as string[])}` : '';
     lines.push(`At ${low} connection${low === 1 ? '' : 's'}, a process per request costs ${joinWords(parts)} at the median${tail}.`);
   }
   const cgiTs = find(results, 'cgi-ts', high);
@@ -180,8 +182,8 @@ export function headline(results: readonly BenchResult[], rate: number | null = 
     );
   }
   const floor = find(results, 'node-http', low);
-  if (floor && persistent) {
-    lines.push(`A gateway in front of a persistent app adds ${formatMs(Math.max(0, persistent.latencyMs.p50 - floor.latencyMs.p50))} at the median over a plain node:http server (${formatMs(floor.latencyMs.p50)}).`);
+  if (floor && viaNginx) {
+    lines.push(`nginx and FastCGI in front of the persistent app add ${formatMs(Math.max(0, viaNginx.latencyMs.p50 - floor.latencyMs.p50))} at the median over a plain node:http server (${formatMs(floor.latencyMs.p50)}).`);
   }
   return lines;
 }
@@ -194,10 +196,10 @@ function openLoopHeadline(results: readonly BenchResult[], rate: number): string
     // Within 5 % of the offered rate counts as keeping up.
     const kept = rows.filter((r) => r.rps >= rate * 0.95);
     const behind = rows.filter((r) => r.rps < rate * 0.95);
-    const parts = [`Offered ${formatRate(rate)} requests/s on ${c} connection${c === 1 ? '' : 's'}`];
+    const parts: string[] = [];
     if (kept.length) parts.push(`${joinWords(kept.map((r) => `${r.target} (p99 ${formatMs(r.latencyMs.p99)})`))} kept up`);
     if (behind.length) parts.push(`${joinWords(behind.map((r) => `${r.target} (${formatRate(r.rps)}/s, p50 ${formatMs(r.latencyMs.p50)})`))} fell behind, and their latency is mostly time spent waiting in the queue`);
-    lines.push(parts.join(': ') + '.');
+    lines.push(`Offered ${formatRate(rate)} requests/s on ${c} connection${c === 1 ? '' : 's'}: ${parts.join('; ')}.`);
   }
   return lines;
 }
