@@ -159,11 +159,14 @@ describe('workers and unix sockets', () => {
     if (!requirePeer(t, 'cgi-fcgi')) return;
     const app = await startResponder({ app: kitchen, listen: 'tcp', args: ['--workers', '2'] });
     try {
+      // The port accepts as soon as one worker listens; the second may still be starting, so ask until both answered.
       const pids = new Set<string>();
-      for (let i = 0; i < 12; i++) {
+      const deadline = Date.now() + 15_000;
+      for (let i = 0; pids.size < 2 || i < 12; i++) {
         const res = await cgiFcgiRequest({ connect: app.address, params: params('/pid') });
         assert.equal(res.status, 200);
         pids.add(res.text().trim());
+        if (Date.now() > deadline) break;
       }
       assert.equal(pids.size, 2, `answers came from ${[...pids]}`);
       assert.ok(!pids.has(String(app.pid)), 'the primary serves nothing itself');
@@ -232,7 +235,12 @@ describe('graceful stop', () => {
           finishedAt = performance.now();
           return res;
         });
-        await sleep(300); // the request is in the app's hands now
+        // Wait until the app is working on it: a request still in the listen backlog would be refused too.
+        const deadline0 = Date.now() + 10_000;
+        while ((await cgiFcgiRequest({ connect: app.address, params: params('/inflight') })).text() !== '1\n') {
+          assert.ok(Date.now() < deadline0, 'the slow request never reached the app');
+          await sleep(10);
+        }
         const exited = app.signal(signal);
         let refused = '';
         const deadline = Date.now() + 600;
