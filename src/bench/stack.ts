@@ -149,9 +149,13 @@ async function smokeCheck(url: string): Promise<string | undefined> {
   }
 }
 
+/** The informative part of a failure: a Node stack trace starts with frames, the error line comes later. */
 function firstLines(text: string): string {
-  const lines = text.trim().split('\n');
-  return lines.slice(0, 3).join(' / ') + (lines.length > 3 ? ' …' : '');
+  const lines = text.trim().split('\n').map((l) => l.trim()).filter(Boolean);
+  const error = lines.findIndex((l) => /^(\w*Error\b|Error \[|error:)/.test(l) || /\b(ERROR|Error):/.test(l));
+  const from = error >= 0 ? error : 0;
+  const picked = lines.slice(from, from + 3).filter((l) => !l.startsWith('at '));
+  return picked.join(' / ') + (lines.length > from + 3 ? ' …' : '');
 }
 
 /** The http{} content of the shared nginx: upstreams, and one server with a location per target. */
