@@ -377,13 +377,39 @@ class HelperSpawner implements Spawner {
 // The fallback: child_process.spawn from the runner itself. Correct, but every fork copies the page
 // tables of a large process and blocks the event loop while it does.
 
+/** Why execve() would refuse this file (ENOEXEC), or undefined. Reads its first bytes. */
+function executableFormatError(file: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, 'r');
+    const magic = Buffer.alloc(4);
+    const n = fs.readSync(fd, magic, 0, 4, 0);
+    if ((n >= 2 && magic[0] === 0x23 && magic[1] === 0x21) || (n === 4 && magic.readUInt32BE(0) === 0x7f454c46)) return undefined;
+    return `cannot execute ${file}: Exec format error (no "#!" line)`;
+  } catch {
+    return undefined; // spawn reports it
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
 class NodeProcess implements ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
   readonly stdout: Readable;
   readonly stdin: Writable | null;
 
-  constructor(private readonly child: ChildProcess) {
+  /** Without a child: a script refused before it started, `refused` saying why. */
+  constructor(
+    private readonly child: ChildProcess | null,
+    refused?: string,
+  ) {
+    if (!child) {
+      this.stdout = Readable.from([]);
+      this.stdin = null;
+      this.exited = Promise.resolve({ code: null, signal: null, groupLeft: false, error: refused });
+      return;
+    }
     this.stdout = child.stdout!;
     this.stdin = child.stdin;
     this.stdin?.on('error', () => {});
@@ -402,11 +428,11 @@ class NodeProcess implements ScriptProcess {
   }
 
   get pid(): number | undefined {
-    return this.child.pid;
+    return this.child?.pid;
   }
 
   killGroup(signal: NodeJS.Signals): void {
-    if (this.child.pid !== undefined) signalGroup(this.child.pid, signal);
+    if (this.child?.pid !== undefined) signalGroup(this.child.pid, signal);
   }
 }
 
@@ -416,6 +442,10 @@ class NodeSpawner implements Spawner {
   private readonly running = new Set<NodeProcess>();
 
   spawn(request: SpawnRequest): ScriptProcess {
+    // libuv executes with execvp(), which runs a file without "#!" through /bin/sh; execve(), as
+    // the helper, Apache and lighttpd use, refuses it (ENOEXEC). Same rule here.
+    const refused = executableFormatError(request.file);
+    if (refused) return new NodeProcess(null, refused);
     const child = spawnChild(request.file, request.argv.slice(1), {
       argv0: request.argv[0],
       cwd: request.cwd,

@@ -1,0 +1,121 @@
+// Both ways of starting scripts behave the same: the spawner helper (python3, posix_spawn) and the fallback (child_process.spawn from the runner).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CgiHost } from '../src/cgi/host.ts';
+import { requirePeer } from '../src/peers/index.ts';
+import { assertGroupGone, captureLog, ENV_SCRIPT, envOf, get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
+
+const sh = (body: string) => `#!/bin/sh\n${body}\n`;
+const scripts = {
+  'env.pl': ENV_SCRIPT,
+  'count.pl': `#!/usr/bin/perl
+binmode STDIN; my $n = 0; my $left = $ENV{CONTENT_LENGTH} || 0;
+while ($left > 0) { my $got = read(STDIN, my $buf, 65536); last unless $got; $n += $got; $left -= $got; }
+print "Content-Type: text/plain\\n\\nbytes=$n\\n";
+`,
+  'write-first.pl': `#!/usr/bin/perl
+$| = 1; print "Content-Type: text/plain\\n\\n", "x" x (1 << 20);
+my $n = 0; while (read(STDIN, my $buf, 65536)) { $n += length $buf } print "\\nread=$n\\n";
+`,
+  'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
+  'stderr.sh': sh(`echo "to the log" >&2; printf 'Content-Type: text/plain\\n\\nok\\n'`),
+  'no-shebang.sh': 'printf "Content-Type: text/plain\\n\\nran anyway\\n"\n',
+  'bad-interpreter.sh': '#!/nonexistent/interpreter\n',
+};
+
+test('the spawner helper is used when python3 is there', async (t) => {
+  if (!requirePeer(t, 'python3')) return;
+  const host = await CgiHost.start();
+  try {
+    assert.equal(host.spawnerKind, 'helper');
+    assert.ok(host.spawnerPid && host.spawnerPid > 0);
+  } finally {
+    await host.close();
+  }
+});
+
+for (const kind of ['helper', 'node'] as const) {
+  describe(`scripts started by ${kind === 'helper' ? 'the spawner helper' : "the runner's own spawn"}`, () => {
+    let server: CgiServer | undefined;
+    let port: number;
+    before(async () => {
+      if (kind === 'helper' && !fs.existsSync('/usr/bin/python3') && !process.env.PATH?.split(':').some((d) => fs.existsSync(path.join(d, 'python3')))) return;
+      server = await startCgiServer(scripts, { spawner: kind, timeout: 1, killGrace: 0.3 });
+      port = server.port;
+      fs.mkdirSync(path.join(path.dirname(server.dir), 'pids'));
+    });
+    after(() => server?.close());
+
+    test('environment, argv and working directory', async (t) => {
+      if (!server) return t.skip('python3 is not installed');
+      assert.equal(server.host.spawnerKind, kind);
+      const env = envOf(await get(port, '/cgi-bin/env.pl/p?q'));
+      assert.equal(env.PATH_INFO, '/p');
+      assert.equal(env.QUERY_STRING, 'q');
+      assert.equal(env['@CWD'], server.dir);
+      assert.equal(env.CGI_RUNNER_TEST_SECRET, undefined);
+    });
+
+    test('a 2 MiB body, and a script that writes before it reads', async (t) => {
+      if (!server) return t.skip('python3 is not installed');
+      const body = Buffer.alloc(2 << 20, 3);
+      const post = (target: string) => rawRequest(port, Buffer.concat([Buffer.from(`POST ${target} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`), body]));
+      assert.equal((await post('/cgi-bin/count.pl')).body.toString(), `bytes=${body.length}\n`);
+      const r = await post('/cgi-bin/write-first.pl');
+      assert.ok(r.body.toString().endsWith(`\nread=${body.length}\n`));
+    });
+
+    test('timeout and disconnect kill the process group', async (t) => {
+      if (!server) return t.skip('python3 is not installed');
+      const pidOf = (name: string) =>
+        waitFor(name, () => {
+          const f = path.join(path.dirname(server!.dir), 'pids', name);
+          const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim() : '';
+          return text ? Number(text) : undefined;
+        });
+      const timedOut = get(port, '/cgi-bin/hang.sh?t');
+      const pgid = await pidOf('t');
+      assert.equal((await timedOut).status, 504);
+      await assertGroupGone(pgid);
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write('GET /cgi-bin/hang.sh?d HTTP/1.1\r\nHost: x\r\n\r\n');
+      const pgid2 = await pidOf('d');
+      socket.destroy();
+      await assertGroupGone(pgid2, 900);
+    });
+
+    test('stderr lines reach the log', async (t) => {
+      if (!server) return t.skip('python3 is not installed');
+      const log = captureLog();
+      try {
+        assert.equal((await get(port, '/cgi-bin/stderr.sh')).body.toString(), 'ok\n');
+        await sleep(50);
+        assert.match(log.text(), /stderr\.sh: to the log\n/);
+      } finally {
+        log.restore();
+      }
+    });
+
+    test('a script that cannot be executed is a 500 with the reason in the log', async (t) => {
+      if (!server) return t.skip('python3 is not installed');
+      const log = captureLog();
+      try {
+        for (const name of ['no-shebang.sh', 'bad-interpreter.sh']) {
+          const r = await get(port, `/cgi-bin/${name}`);
+          assert.equal(r.status, 500, name);
+          assert.doesNotMatch(r.body.toString(), /ran anyway/);
+        }
+        await sleep(50);
+        assert.match(log.text(), /cannot execute .*no-shebang\.sh/);
+        assert.match(log.text(), /cannot execute .*bad-interpreter\.sh/);
+      } finally {
+        log.restore();
+      }
+    });
+  });
+}
