@@ -55,7 +55,7 @@ async function waitForFile(file: string, ms: number): Promise<void> {
 async function exitWithin(proc: ManagedProcess, ms: number): Promise<ExitStatus | undefined> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([proc.exited, new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ms)))]);
+    return await Promise.race([proc.exited, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
   } finally {
     clearTimeout(timer);
   }

@@ -106,7 +106,7 @@ describe('docker-compose.yml', () => {
     assert.equal(c.services.nginx!.image, 'nginx:stable');
     assert.equal(c.services.httpd!.image, 'httpd:2.4');
     for (const name of ['app', 'app-tcp', 'cgi']) {
-      const s = c.services[name]!;
+      const s: Service = c.services[name]!;
       assert.equal(s.build?.context, repoRoot, `${name} is built from the Dockerfile`);
       assert.equal(s.init, true, `${name}: an init reaps the processes it starts`);
       assert.ok(parseInt(s.stop_grace_period ?? '10') > 30, `${name}: stop_grace_period exceeds --shutdown-timeout`);
@@ -207,7 +207,7 @@ describe('docker-compose.yml', () => {
       }
     }
     for (const name of ['app']) {
-      const check = c.services[name]!.healthcheck!.test;
+      const check: string[] = c.services[name]!.healthcheck!.test;
       assert.deepEqual(check.slice(0, 5), ['CMD', 'node', '/app/bin/cgi-runner.js', 'fcgi', '--check']);
       assert.equal(check[5], flagOf(c.services[name]!.command!, '--listen'));
     }
