@@ -107,9 +107,9 @@ export class CgiHost {
     return this.spawner.kind;
   }
 
-  /** The pid of the spawner helper (the parent of every script), or undefined without one. */
-  get spawnerPid(): number | undefined {
-    return this.spawner.pid;
+  /** The pids of the spawner helpers (the parents of the scripts); empty without them. */
+  get spawnerPids(): number[] {
+    return this.spawner.pids;
   }
 
   /** Scripts running now. */

@@ -43,8 +43,8 @@ export interface ScriptProcess {
 
 export interface Spawner {
   readonly kind: 'helper' | 'node';
-  /** The helper's pid (the parent of every script), when there is a helper. */
-  readonly pid: number | undefined;
+  /** The pids of the helpers (the parents of the scripts); empty without helpers. */
+  readonly pids: number[];
   spawn(request: SpawnRequest): ScriptProcess;
   /** Kills every script still running and stops the helper. */
   close(): Promise<void>;
@@ -188,11 +188,15 @@ class HelperProcess implements ScriptProcess {
 
 const helperScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'spawner.py');
 
-class HelperSpawner implements Spawner {
-  readonly kind = 'helper' as const;
+class HelperSpawner {
   private nextId = 1;
   get pid(): number | undefined {
     return this.child.pid;
+  }
+
+  /** Scripts started and not finished; -1 once the helper is gone. */
+  get load(): number {
+    return this.closed ? -1 : this.running.size;
   }
   private readonly running = new Map<number, HelperProcess>();
   private pending: Buffer[] = [];
@@ -438,7 +442,7 @@ class NodeProcess implements ScriptProcess {
 
 class NodeSpawner implements Spawner {
   readonly kind = 'node' as const;
-  readonly pid = undefined;
+  readonly pids: number[] = [];
   private readonly running = new Set<NodeProcess>();
 
   spawn(request: SpawnRequest): ScriptProcess {
@@ -470,15 +474,54 @@ class NodeSpawner implements Spawner {
 }
 
 /**
- * Starts a spawner. 'auto' uses the helper when Python 3.8+ can run it and falls back to Node's own spawn;
+ * Several helpers, one per core: posix_spawn holds its caller until the child has called exec, so
+ * one helper starts one script at a time, however many cores wait idle.
+ */
+class HelperPool implements Spawner {
+  readonly kind = 'helper' as const;
+  private turn = 0;
+
+  constructor(private readonly helpers: HelperSpawner[]) {}
+
+  get pids(): number[] {
+    return this.helpers.flatMap((h) => (h.pid === undefined ? [] : [h.pid]));
+  }
+
+  spawn(request: SpawnRequest): ScriptProcess {
+    // The least busy helper that is still running; ties go round in turn.
+    let best: HelperSpawner | undefined;
+    const n = this.helpers.length;
+    for (let i = 0; i < n; i++) {
+      const helper = this.helpers[(this.turn + i) % n]!;
+      if (helper.load >= 0 && (!best || helper.load < best.load)) best = helper;
+    }
+    this.turn = (this.turn + 1) % n;
+    return (best ?? this.helpers[0]!).spawn(request);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.helpers.map((h) => h.close()));
+  }
+}
+
+/**
+ * Starts a spawner. 'auto' uses the helpers when Python 3.8+ can run them and falls back to Node's own spawn;
  * CGI_RUNNER_SPAWNER=node|helper overrides 'auto' (for comparisons and tests).
  */
-export async function startSpawner(kind: SpawnerKind = 'auto'): Promise<Spawner> {
+export async function startSpawner(kind: SpawnerKind = 'auto', helpers?: number): Promise<Spawner> {
   const env = process.env.CGI_RUNNER_SPAWNER;
   if (kind === 'auto' && (env === 'node' || env === 'helper')) kind = env;
   if (kind === 'node') return new NodeSpawner();
   try {
-    return await HelperSpawner.start();
+    const count = Math.max(1, Math.min(helpers ?? os.availableParallelism(), 16));
+    const started = await Promise.allSettled(Array.from({ length: count }, () => HelperSpawner.start()));
+    const ok = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await Promise.all(ok.map((h) => h.close()));
+      throw failed.reason;
+    }
+    return new HelperPool(ok);
   } catch (err) {
     if (kind === 'helper') throw err;
     process.emitWarning(`${(err as Error).message}; spawning scripts from Node instead (slower)`);

@@ -1,0 +1,227 @@
+// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (interleaved, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
+//
+//   node --import tsx src/http/cgi-measure.ts [--requests 2000] [--duration 10] [--rounds 3] [--json FILE]
+//
+// Every server runs as its own process on a free port; rounds alternate between targets so that
+// a noisy machine affects them alike.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
+
+const execFileAsync = promisify(execFile);
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+const { values } = parseArgs({
+  options: {
+    requests: { type: 'string', default: '2000' },
+    duration: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '3' },
+    json: { type: 'string' },
+    'skip-throughput': { type: 'boolean' },
+  },
+});
+const requests = Number(values.requests);
+const duration = Number(values.duration);
+const rounds = Number(values.rounds);
+
+// The client of the overhead test: Python, so that neither side of the comparison pays for a Node
+// client. Each iteration spawns the script bare (posix_spawn, read stdout to EOF, wait) and sends
+// one request for it over a kept-alive connection, in alternating order.
+const overheadClient = String.raw`
+import json, os, re, socket, sys, time
+port, script, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
+       'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
+       'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
+       'SCRIPT_FILENAME': script, 'DOCUMENT_ROOT': os.path.dirname(os.path.dirname(script)), 'HTTP_HOST': '127.0.0.1'}
+cwd = os.path.dirname(script)
+request = b'GET /cgi-bin/hello.sh HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'
+sock = socket.create_connection(('127.0.0.1', port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def http():
+    sock.sendall(request)
+    buf = b''
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit('connection closed')
+        buf += data
+        end = buf.find(b'\r\n\r\n')
+        if end < 0:
+            continue
+        head = buf[:end].lower()
+        if b'transfer-encoding: chunked' in head:
+            if buf.endswith(b'\r\n0\r\n\r\n'):
+                return buf
+        else:
+            m = re.search(rb'content-length: *(\d+)', head)
+            if m and len(buf) >= end + 4 + int(m.group(1)):
+                return buf
+def bare():
+    r, w = os.pipe()
+    os.chdir(cwd)
+    pid = os.posix_spawn(script, [script], env, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)], setsid=True)
+    os.close(w)
+    while os.read(r, 65536):
+        pass
+    os.close(r)
+    os.waitpid(pid, 0)
+for _ in range(50):
+    bare(); http()
+b, h = [], []
+for i in range(n):
+    if i % 2:
+        t0 = time.perf_counter(); bare(); t1 = time.perf_counter(); http(); t2 = time.perf_counter()
+        b.append(t1 - t0); h.append(t2 - t1)
+    else:
+        t0 = time.perf_counter(); http(); t1 = time.perf_counter(); bare(); t2 = time.perf_counter()
+        h.append(t1 - t0); b.append(t2 - t1)
+assert b'hello' in http()
+print(json.dumps({'bare': b, 'http': h}))
+`;
+
+interface Target {
+  name: string;
+  url: string;
+  stop(): Promise<void>;
+  pids(): number[];
+}
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+function median(xs: number[]): number {
+  return quantile([...xs].sort((a, b) => a - b), 0.5);
+}
+
+async function startServeProcess(name: string, cgiDir: string, env: Record<string, string> = {}): Promise<Target & { port: number }> {
+  const port = await freePort();
+  const proc = await startProcess({
+    name,
+    command: process.execPath,
+    args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', String(port), '--cgi-dir', cgiDir],
+    cwd: repo,
+    env: { ...process.env, ...env },
+  });
+  await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
+  return { name, port, url: `http://127.0.0.1:${port}/cgi-bin/hello.sh`, stop: () => stop(proc), pids: () => [proc.pid] };
+}
+
+async function startLighttpd(cgiDir: string): Promise<Target> {
+  const dir = await makeTempDir('lighttpd-');
+  const port = await freePort();
+  const conf = path.join(dir.path, 'lighttpd.conf');
+  fs.writeFileSync(
+    conf,
+    `server.document-root = "${dir.path}"
+server.port = ${port}
+server.bind = "127.0.0.1"
+server.modules = ("mod_alias", "mod_cgi")
+server.pid-file = "${dir.path}/lighttpd.pid"
+server.errorlog = "${dir.path}/error.log"
+alias.url = ("/cgi-bin/" => "${cgiDir}/")
+$HTTP["url"] =~ "^/cgi-bin/" { cgi.assign = ("" => "") }
+`,
+  );
+  const proc: ManagedProcess = await startProcess({ name: 'lighttpd', command: findPeer('lighttpd') ?? 'lighttpd', args: ['-D', '-f', conf] });
+  await waitForPort(port, '127.0.0.1', 10_000, proc.exitSignal);
+  return {
+    name: 'lighttpd mod_cgi',
+    url: `http://127.0.0.1:${port}/cgi-bin/hello.sh`,
+    pids: () => [proc.pid],
+    async stop() {
+      await stop(proc);
+      await dir.cleanup();
+    },
+  };
+}
+
+async function startApacheCgid(cgiDir: string): Promise<Target> {
+  const apache = await startApache({
+    modules: ['cgid', 'alias'],
+    config: `ScriptAlias /cgi-bin/ ${cgiDir}/\n<Directory ${cgiDir}>\n  Require all granted\n</Directory>\nKeepAliveTimeout 30\nMaxKeepAliveRequests 0`,
+  });
+  return { name: 'Apache mod_cgid', url: `${apache.url}/cgi-bin/hello.sh`, pids: () => [apache.pid], stop: () => apache.stop() };
+}
+
+async function wrk(url: string, connections: number): Promise<number> {
+  const threads = Math.min(connections, Math.max(1, os.availableParallelism()));
+  const { stdout } = await execFileAsync('wrk', [`-t${threads}`, `-c${connections}`, `-d${duration}s`, url], { timeout: (duration + 30) * 1000 });
+  const m = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+  if (!m) throw new Error(`cgi-measure: no Requests/sec in wrk output:\n${stdout}`);
+  if (/Non-2xx/.test(stdout)) throw new Error(`cgi-measure: ${url} answered errors:\n${stdout}`);
+  return Number(m[1]);
+}
+
+async function main(): Promise<void> {
+  // A directory every server can read, Apache's www-data children included.
+  const scripts = await makeTempDir('cgi-measure-');
+  const cgiDir = path.join(scripts.path, 'cgi-bin');
+  fs.mkdirSync(cgiDir, { mode: 0o755 });
+  fs.copyFileSync(path.join(repo, 'cgi-bin/hello.sh'), path.join(cgiDir, 'hello.sh'));
+  fs.chmodSync(path.join(cgiDir, 'hello.sh'), 0o755);
+  const script = path.join(cgiDir, 'hello.sh');
+  const report: Record<string, unknown> = {
+    machine: { cpus: os.availableParallelism(), model: os.cpus()[0]?.model, loadavg: os.loadavg(), node: process.version, kernel: os.release() },
+  };
+
+  const serve = await startServeProcess('serve', cgiDir);
+  const targets: Target[] = [serve];
+  try {
+    // 1. Overhead: the same script, bare and through serve, interleaved.
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests)], {
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: 600_000,
+    });
+    const samples = JSON.parse(stdout) as { bare: number[]; http: number[] };
+    const ms = (xs: number[]) => xs.map((x) => x * 1000).sort((a, b) => a - b);
+    const bare = ms(samples.bare);
+    const http = ms(samples.http);
+    const overhead = {
+      requests,
+      bare: { median: quantile(bare, 0.5), p99: quantile(bare, 0.99) },
+      serve: { median: quantile(http, 0.5), p99: quantile(http, 0.99) },
+      overhead: { median: quantile(http, 0.5) - quantile(bare, 0.5), p99: quantile(http, 0.99) - quantile(bare, 0.99) },
+    };
+    report.overhead = overhead;
+    console.log(`overhead over ${requests} interleaved requests (ms):`);
+    console.log(`  bare spawn of hello.sh   median ${overhead.bare.median.toFixed(3)}  p99 ${overhead.bare.p99.toFixed(3)}`);
+    console.log(`  serve -> hello.sh        median ${overhead.serve.median.toFixed(3)}  p99 ${overhead.serve.p99.toFixed(3)}`);
+    console.log(`  runner overhead          median ${overhead.overhead.median.toFixed(3)}  p99 ${overhead.overhead.p99.toFixed(3)}`);
+
+    if (!values['skip-throughput']) {
+      // 2. Throughput against the peers, same script, rounds interleaved.
+      targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=node)', cgiDir, { CGI_RUNNER_SPAWNER: 'node' }));
+      if (findPeer('lighttpd')) targets.push(await startLighttpd(cgiDir));
+      if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));
+      const results: Record<string, Record<string, number[]>> = {};
+      for (const c of [1, 16]) {
+        for (let round = 0; round < rounds; round++) {
+          for (const target of targets) {
+            const rps = await wrk(target.url, c);
+            ((results[target.name] ??= {})[`c${c}`] ??= []).push(rps);
+          }
+        }
+      }
+      const table: Record<string, Record<string, number>> = {};
+      console.log(`\nrequests/s for hello.sh (wrk, ${duration} s per run, median of ${rounds} interleaved rounds):`);
+      for (const [name, byC] of Object.entries(results)) {
+        table[name] = Object.fromEntries(Object.entries(byC).map(([k, xs]) => [k, median(xs)]));
+        console.log(`  ${name.padEnd(36)} 1 conn ${table[name].c1!.toFixed(0).padStart(6)}   16 conns ${table[name].c16!.toFixed(0).padStart(6)}   (runs: ${JSON.stringify(byC)})`);
+      }
+      report.throughput = { duration, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results };
+    }
+    report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
+    if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
+  } finally {
+    for (const target of targets) await target.stop().catch(() => {});
+    await scripts.cleanup();
+  }
+}
+
+await main();
