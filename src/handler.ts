@@ -11,6 +11,8 @@ export interface AppContext {
   role: Role;
   /** Aborts when the web server aborts the request or the client goes away (same as request.signal). */
   signal: AbortSignal;
+  /** A line for the web server's error log (FastCGI STDERR), before the response; absent outside FastCGI. */
+  stderr?: (message: string) => void;
 }
 
 export interface App {

@@ -1,5 +1,6 @@
 // `cgi-runner fcgi`: a FastCGI responder hosting a Fetch-style app, in one process or a node:cluster of workers.
 import cluster from 'node:cluster';
+import os from 'node:os';
 import { intFlag, type Command } from '../command.ts';
 import { Responder, defaultResponderOptions } from '../fastcgi/responder.ts';
 import { startResponderServer, stopOnSignals } from '../fastcgi/server.ts';
@@ -9,6 +10,7 @@ import { describeTarget, inheritedListenTarget, noListenerHelp, parseListenAddre
 import { logError, logInfo, setLogFormat, type LogFormat } from '../log.ts';
 import { runPrimary } from '../workers.ts';
 import { runHealthCheck } from '../fastcgi/health-check.ts';
+import { createCgiDirApp, type CgiDirApp } from '../fastcgi/cgi-dir.ts';
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -24,6 +26,10 @@ export const fcgiCommand: Command = {
   flags: {
     listen: { type: 'string', valueName: 'ADDRESS', description: 'where to listen (default: the inherited socket)' },
     app: { type: 'string', valueName: 'FILE', description: 'the app module to serve' },
+    'cgi-dir': { type: 'string', valueName: 'DIR', description: 'instead of --app: run the CGI script named by SCRIPT_FILENAME, if inside DIR, per request (as fcgiwrap)' },
+    'cgi-timeout': { type: 'string', valueName: 'SECONDS', default: '30', description: 'with --cgi-dir: kill a script (and its process group) still running after this' },
+    'max-scripts': { type: 'string', valueName: 'N', default: String(4 * os.availableParallelism()), description: 'with --cgi-dir: scripts running at once; more wait, then get 503' },
+    'pass-auth': { type: 'boolean', description: 'with --cgi-dir: pass HTTP_AUTHORIZATION to scripts' },
     workers: { type: 'string', valueName: 'N', default: '1', description: 'processes (node:cluster), e.g. one per core' },
     'socket-mode': { type: 'string', valueName: 'MODE', default: '0660', description: 'permissions of a unix socket file' },
     'max-conns': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxConns), description: 'connections per process (FCGI_MAX_CONNS)' },
@@ -48,7 +54,7 @@ export const fcgiCommand: Command = {
     const socketMode = parseSocketMode(values['socket-mode'] as string);
     const target = resolveTarget(values);
     if (cluster.isPrimary) {
-      if (!values.app) throw new TypeError('--app FILE is required');
+      if (!values.app === !values['cgi-dir']) throw new TypeError('one of --app FILE or --cgi-dir DIR is required');
       if (target.kind === 'unix') await removeStaleSocket(target.path);
     }
     if (workers > 1 && cluster.isPrimary) {
@@ -70,12 +76,22 @@ function resolveTarget(values: Values): ListenTarget {
 }
 
 async function runResponderProcess(values: Values, target: ListenTarget, socketMode: number): Promise<number> {
-  const appFile = values.app as string;
+  const cgiDir = values['cgi-dir'] as string | undefined;
+  const appFile = cgiDir ?? (values.app as string);
   // Before the app loads, so that every `new Response` in it is the lightweight one.
   installLightweightResponse();
   let app;
+  let cgiApp: CgiDirApp | undefined;
   try {
-    app = await loadApp(appFile);
+    app = cgiDir
+      ? (cgiApp = await createCgiDirApp({
+          dir: cgiDir,
+          timeoutMs: intFlag(values, 'cgi-timeout', 1) * 1000,
+          maxScripts: intFlag(values, 'max-scripts', 1),
+          passAuth: values['pass-auth'] === true,
+          path: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+        }))
+      : await loadApp(appFile);
   } catch (err) {
     logError((err as Error).message);
     return 1;
@@ -98,13 +114,22 @@ async function runResponderProcess(values: Values, target: ListenTarget, socketM
     return 1;
   }
   const shutdownMs = intFlag(values, 'shutdown-timeout') * 1000;
+  // With --cgi-dir, scripts still running after the deadline are killed with their process groups.
+  const stop = () => server.stop(shutdownMs).then(() => cgiApp?.close());
   if (cluster.isWorker) {
-    process.on('SIGTERM', () => server.stop(shutdownMs).then(() => process.exit(0)));
-    process.on('SIGQUIT', () => server.stop(shutdownMs).then(() => process.exit(0)));
+    process.on('SIGTERM', () => stop().then(() => process.exit(0)));
+    process.on('SIGQUIT', () => stop().then(() => process.exit(0)));
     process.on('SIGINT', () => {}); // the primary decides; Ctrl-C reaches the whole group
   } else {
-    stopOnSignals(() => server.stop(shutdownMs), 'fcgi');
-    logInfo(`fcgi: serving ${appFile} on ${describeTarget(target)} (pid ${process.pid})`);
+    stopOnSignals(stop, 'fcgi');
+    // Started by `serve` (the process manager) with an IPC channel: its closing means the runner is gone.
+    if (process.channel) {
+      process.once('disconnect', () => {
+        logInfo('fcgi: the runner that started this process is gone, stopping');
+        void stop().then(() => process.exit(0));
+      });
+    }
+    logInfo(`fcgi: serving ${cgiDir ? `the CGI scripts of ${cgiDir}` : appFile} on ${describeTarget(target)} (pid ${process.pid})`);
   }
   return new Promise<number>(() => {}); // runs until a signal stops the process
 }

@@ -87,6 +87,8 @@ interface ActiveRequest {
   /** True once END_REQUEST is queued or the request was dropped: later output is discarded. */
   done: boolean;
   headSent: boolean;
+  /** STDERR content was sent through context.stderr; the stream is ended when the response starts. */
+  stderrOpen: boolean;
   status: number;
   bytes: number;
   startedAt: number;
@@ -313,6 +315,7 @@ export class ResponderConnection {
       controller: new LazyAbort(),
       done: false,
       headSent: false,
+      stderrOpen: false,
       status: 0,
       bytes: 0,
       startedAt: performance.now(),
@@ -376,6 +379,7 @@ export class ResponderConnection {
       get signal() {
         return abort.signal;
       },
+      stderr: (message: string) => this.stderr(request, message),
     };
     let result: Response | Promise<Response>;
     try {
@@ -393,10 +397,22 @@ export class ResponderConnection {
     } else this.appFailed(request, new TypeError(`app: fetch returned ${typeof result}, not a Response`));
   }
 
+  /** A line for the web server's error log (nginx: "FastCGI sent in stderr"); only before the response starts. */
+  private stderr(request: ActiveRequest, message: string): void {
+    if (request.done || request.headSent) return;
+    request.stderrOpen = true;
+    this.write(encodeStream(FCGI_STDERR, request.id, Buffer.from(message.endsWith('\n') ? message : message + '\n', 'utf8')));
+  }
+
   private respond(request: ActiveRequest, response: Response): void {
     if (request.done) {
       response.body?.cancel().catch(() => {});
       return;
+    }
+    if (request.stderrOpen) {
+      // §3.3: a stream ends with an empty record; STDERR had content, so it is ended before STDOUT starts.
+      request.stderrOpen = false;
+      this.write(encodeRecord(FCGI_STDERR, request.id));
     }
     if (!(response instanceof Response)) {
       this.appFailed(request, new TypeError('app: fetch resolved to something other than a Response'));
