@@ -31,6 +31,11 @@ export interface HealthCheckOptions {
   timeoutMs?: number;
   /** HTTP_HOST and SERVER_NAME of the request; default "localhost". */
   host?: string;
+  /**
+   * DOCUMENT_ROOT, and SCRIPT_FILENAME = root + path, as nginx's fastcgi.conf sends them: what
+   * `fcgi --cgi-dir`, fcgiwrap and php-fpm need to find a script. Not sent without it.
+   */
+  documentRoot?: string;
 }
 
 export interface HealthCheckResult {
@@ -47,10 +52,14 @@ export interface HealthCheckResult {
 const PROTOCOL_STATUS = ['REQUEST_COMPLETE', 'CANT_MPX_CONN', 'OVERLOADED', 'UNKNOWN_ROLE'];
 
 /** The params of the probe request, as nginx's fastcgi.conf would send them for `GET path`. */
-export function healthCheckParams(path: string, host: string): Record<string, string> {
+export function healthCheckParams(path: string, host: string, documentRoot?: string): Record<string, string> {
   const query = path.indexOf('?');
   const scriptName = query === -1 ? path : path.slice(0, query);
+  const files: Record<string, string> = documentRoot
+    ? { DOCUMENT_ROOT: documentRoot, SCRIPT_FILENAME: documentRoot.replace(/\/+$/, '') + scriptName }
+    : {};
   return {
+    ...files,
     GATEWAY_INTERFACE: 'CGI/1.1',
     SERVER_SOFTWARE: 'cgi-runner-check',
     SERVER_PROTOCOL: 'HTTP/1.1',
@@ -146,7 +155,7 @@ export async function checkResponder(options: HealthCheckOptions): Promise<Healt
           socket.write(
             Buffer.concat([
               encodeBeginRequest(1, FCGI_RESPONDER, 0),
-              encodeStream(FCGI_PARAMS, 1, encodePairs(healthCheckParams(path, options.host ?? 'localhost'))),
+              encodeStream(FCGI_PARAMS, 1, encodePairs(healthCheckParams(path, options.host ?? 'localhost', options.documentRoot))),
               encodeRecord(FCGI_PARAMS, 1),
               encodeRecord(FCGI_STDIN, 1),
             ]),
