@@ -231,8 +231,12 @@ function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, scri
  */
 function cut(res: ServerResponse): void {
   const socket = res.socket;
-  if (socket && !socket.destroyed) socket.end();
-  else res.destroy();
+  if (socket && !socket.destroyed) {
+    // writeHead only stores the head: with no body byte written yet it would never leave, and the
+    // client would see a connection closed without any answer.
+    res.flushHeaders();
+    socket.end();
+  } else res.destroy();
 }
 
 /** An nph- script wrote the whole HTTP response: its bytes go to the connection as they are. */
