@@ -44,10 +44,16 @@ export const fcgiCommand: Command = {
     check: { type: 'string', valueName: 'ADDRESS', description: 'health check, then exit: GET_VALUES and one GET request to ADDRESS; exit 0 on a 2xx/3xx answer, 1 otherwise' },
     'check-path': { type: 'string', valueName: 'PATH', default: '/', description: 'request target of the --check request' },
     'check-timeout': { type: 'string', valueName: 'SECONDS', default: '5', description: 'how long --check waits for the whole exchange' },
+    'check-root': { type: 'string', valueName: 'DIR', description: 'DOCUMENT_ROOT of the --check request; SCRIPT_FILENAME is DIR + PATH (for --cgi-dir, fcgiwrap, php-fpm)' },
   },
   async run(values) {
     if (typeof values.check === 'string') {
-      return runHealthCheck({ address: values.check, path: values['check-path'] as string, timeoutMs: Number(values['check-timeout']) * 1000 || 5000 });
+      return runHealthCheck({
+        address: values.check,
+        path: values['check-path'] as string,
+        timeoutMs: Number(values['check-timeout']) * 1000 || 5000,
+        documentRoot: values['check-root'] as string | undefined,
+      });
     }
     setLogFormat(values['log-format'] as LogFormat);
     const workers = intFlag(values, 'workers', 1);
