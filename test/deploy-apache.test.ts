@@ -8,14 +8,17 @@ import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployApache, startFcgi, type DeployApache, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { findPeer, freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
+import { fcgiCommand as fcgiCli } from '../src/commands/fcgi.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
 const PASSWORD = 'correct horse';
+const hasCgiDir = 'cgi-dir' in fcgiCli.flags;
 
 let sockets: TempDir | undefined;
 let unix: Fcgi | undefined;
 let tcp: Fcgi | undefined;
+let cgi: Fcgi | undefined;
 let apache: DeployApache | undefined;
 let base = '';
 let missing: string | undefined;
@@ -28,18 +31,23 @@ before(async () => {
   }
   sockets = await socketDir();
   const env = { ...process.env, SITE_APP_DIR: fixtures, SITE_USER: 'demo', SITE_PASSWORD: PASSWORD };
-  [unix, tcp] = await Promise.all([startFcgi({ app: site, listen: path.join(sockets.path, 'app.sock'), env }), startFcgi({ app: site, listen: 'tcp', env })]);
+  const cgiSocket = path.join(sockets.path, 'cgi.sock');
+  [unix, tcp, cgi] = await Promise.all([
+    startFcgi({ app: site, listen: path.join(sockets.path, 'app.sock'), env }),
+    startFcgi({ app: site, listen: 'tcp', env }),
+    hasCgiDir ? startFcgi({ listen: cgiSocket, args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')], env }) : undefined,
+  ]);
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   apache = await startDeployApache({
     port,
-    env: { HTTPD_PORT: `127.0.0.1:${port}`, APP_SOCKET: unix.address, APP_TCP: tcp.address, CGI_SOCKET: path.join(sockets.path, 'cgi.sock') },
+    env: { HTTPD_PORT: `127.0.0.1:${port}`, APP_SOCKET: unix.address, APP_TCP: tcp.address, CGI_SOCKET: cgiSocket, CGI_ROOT: repoRoot },
   });
 });
 
 after(async () => {
   await apache?.stop();
-  await Promise.all([unix?.stop(), tcp?.stop()]);
+  await Promise.all([unix?.stop(), tcp?.stop(), cgi?.stop()]);
   await sockets?.cleanup();
 });
 
@@ -72,6 +80,8 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
     const post = await fetch(`${base}/tcp/kitchen/echo`, { method: 'POST', body: 'a=1&b=2' });
     assert.equal(((await post.json()) as { text: string }).text, 'a=1&b=2');
     assert.deepEqual(apache!.errors().slice(mark), []);
+    // No warning either: one would say that a worker's parameters (enablereuse) were ignored.
+    assert.deepEqual(apache!.errorLog().split('\n').filter((l) => /:warn\]/.test(l)), []);
   });
 
   test('enablereuse=on: connections to the responder stay open for the next requests, on both transports', async (t) => {
@@ -114,6 +124,33 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
     if (skipIfMissing(t)) return;
     await (await fetch(`${base}/tcp/kitchen/hello`, { headers: { 'user-agent': 'deploy-test/1', referer: 'http://ref.example/' } })).text();
     assert.match(apache!.accessLog(), /^127\.0\.0\.1 - - \[[^\]]+\] "GET \/tcp\/kitchen\/hello HTTP\/1\.1" 200 6 "http:\/\/ref\.example\/" "deploy-test\/1"$/m);
+  });
+});
+
+describe('deploy/apache/cgi-dir.conf: classic CGI through `fcgi --cgi-dir`', () => {
+  test('/cgi-bin/ runs the scripts, with PATH_INFO, and nothing outside the directory', async (t) => {
+    if (skipIfMissing(t)) return;
+    if (!hasCgiDir) {
+      t.skip('fcgi --cgi-dir is not implemented yet');
+      return;
+    }
+    const mark = apache!.errors().length;
+    const res = await fetch(`${base}/cgi-bin/hello.sh`);
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), 'hello\n');
+    const env = await (await fetch(`${base}/cgi-bin/env.pl/extra/path?q=1`)).text();
+    assert.match(env, /^SCRIPT_NAME=\/cgi-bin\/env\.pl$/m);
+    assert.match(env, /^PATH_INFO=\/extra\/path$/m);
+    assert.match(env, new RegExp(`^SCRIPT_FILENAME=${repoRoot}/cgi-bin/env\\.pl$`, 'm'));
+    assert.match(env, /^QUERY_STRING=q=1$/m);
+    const post = await fetch(`${base}/cgi-bin/env.pl`, { method: 'POST', body: 'a=1' });
+    assert.match(await post.text(), /^CONTENT_LENGTH=3$/m);
+    const missing = await fetch(`${base}/cgi-bin/no-such-script`);
+    assert.equal(missing.status, 404);
+    await missing.arrayBuffer();
+    // The cgi-dir responder answered /cgi-bin/, not the app behind <Location "/">.
+    assert.doesNotMatch(unix!.output(), /cgi-bin/);
+    for (const line of apache!.errors().slice(mark)) assert.match(line, /AH01071: Got error 'fastcgi: refusing/);
   });
 });
 

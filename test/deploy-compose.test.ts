@@ -98,14 +98,14 @@ function imageFile(inImage: string): string | undefined {
 }
 
 describe('docker-compose.yml', () => {
-  test('docker-compose config accepts it; the services are app, app-tcp, nginx, httpd and cgi', (t) => {
+  test('docker-compose config accepts it; the services are app, app-tcp, cgi-dir, nginx, httpd and cgi', (t) => {
     const c = need(t);
     if (!c) return;
     assert.equal(configStderr.trim(), '', 'no warnings');
-    assert.deepEqual(Object.keys(c.services).sort(), ['app', 'app-tcp', 'cgi', 'httpd', 'nginx']);
+    assert.deepEqual(Object.keys(c.services).sort(), ['app', 'app-tcp', 'cgi', 'cgi-dir', 'httpd', 'nginx']);
     assert.equal(c.services.nginx!.image, 'nginx:stable');
     assert.equal(c.services.httpd!.image, 'httpd:2.4');
-    for (const name of ['app', 'app-tcp', 'cgi']) {
+    for (const name of ['app', 'app-tcp', 'cgi-dir', 'cgi']) {
       const s: Service = c.services[name]!;
       assert.equal(s.build?.context, repoRoot, `${name} is built from the Dockerfile`);
       assert.equal(s.init, true, `${name}: an init reaps the processes it starts`);
@@ -143,8 +143,10 @@ describe('docker-compose.yml', () => {
         assert.equal(mounts.get(path.posix.join('/etc/nginx', include)), tested, `${include} is mounted from ${tested}`);
       }
     }
-    // NGINX_PORT is a port that compose publishes.
-    assert.ok(nginx.ports?.some((p) => String(p.target) === nginx.environment!.NGINX_PORT), 'NGINX_PORT is published');
+    // NGINX_PORT and NGINX_CGI_PORT are ports that compose publishes.
+    for (const name of ['NGINX_PORT', 'NGINX_CGI_PORT']) {
+      assert.ok(nginx.ports?.some((p) => String(p.target) === nginx.environment![name]), `${name} is published`);
+    }
   });
 
   test('httpd mounts deploy/apache where deploy-apache.test.ts puts it, and runs the same httpd.conf', (t) => {
@@ -173,11 +175,15 @@ describe('docker-compose.yml', () => {
     assert.ok(httpd.ports?.some((p) => String(p.target) === httpd.environment!.HTTPD_PORT), 'HTTPD_PORT is published');
   });
 
-  test('nginx and httpd reach app on the shared socket volume and app-tcp (with replicas) on TCP', (t) => {
+  test('nginx and httpd reach app and cgi-dir on the shared socket volume, and app-tcp (with replicas) on TCP', (t) => {
     const c = need(t);
     if (!c) return;
     const { app, nginx, httpd } = c.services;
     const appTcp = c.services['app-tcp']!;
+    const cgiDir = c.services['cgi-dir']!;
+    const cgiSocket = flagOf(cgiDir.command!, '--listen')!;
+    const cgiRoot = path.posix.dirname(flagOf(cgiDir.command!, '--cgi-dir')!);
+    assert.equal(flagOf(cgiDir.command!, '--socket-mode'), '0666');
     const socket = flagOf(app!.command!, '--listen')!;
     assert.ok(socket.startsWith('/'), 'app listens on a unix socket');
     assert.equal(flagOf(app!.command!, '--socket-mode'), '0666', 'the web servers run as other users');
@@ -190,7 +196,12 @@ describe('docker-compose.yml', () => {
       assert.equal(web.environment!.APP_SOCKET, socket, `${name}: APP_SOCKET`);
       assert.deepEqual(named(web).find(([v]) => v === volume), [volume, socketDir], `${name} mounts the socket volume`);
       assert.equal(web.environment!.APP_TCP, `app-tcp:${port}`, `${name}: APP_TCP`);
-      assert.ok(web.depends_on && 'app' in web.depends_on && 'app-tcp' in web.depends_on, `${name} starts after the apps`);
+      assert.ok(web.depends_on && 'app' in web.depends_on && 'app-tcp' in web.depends_on && 'cgi-dir' in web.depends_on, `${name} starts after the apps`);
+      // The templates point at CGI_ROOT/cgi-bin, which must be the directory the responder serves.
+      assert.equal(web.environment!.CGI_SOCKET, cgiSocket, `${name}: CGI_SOCKET`);
+      assert.equal(web.environment!.CGI_ROOT, cgiRoot, `${name}: CGI_ROOT is the parent of --cgi-dir`);
+      assert.equal(path.posix.dirname(cgiSocket), socketDir, 'the cgi-dir socket is in the shared volume');
+      assert.deepEqual(named(cgiDir).find(([v]) => v === volume), [volume, socketDir], 'cgi-dir mounts the socket volume');
     }
   });
 
@@ -198,7 +209,7 @@ describe('docker-compose.yml', () => {
     const c = need(t);
     if (!c) return;
     const { serveCommand } = await import('../src/commands/serve.ts');
-    for (const name of ['app', 'app-tcp', 'cgi']) {
+    for (const name of ['app', 'app-tcp', 'cgi-dir', 'cgi']) {
       const [cmd, ...argv] = c.services[name]!.command!;
       const values = parse(cmd === 'fcgi' ? fcgiCommand : serveCommand, argv);
       for (const key of ['app', 'cgi-dir'] as const) {
@@ -206,11 +217,15 @@ describe('docker-compose.yml', () => {
         if (typeof file === 'string') assert.ok(imageFile(file) && fs.existsSync(imageFile(file)!), `${name}: ${file} is copied into the image`);
       }
     }
-    for (const name of ['app']) {
+    for (const name of ['app', 'cgi-dir']) {
       const check: string[] = c.services[name]!.healthcheck!.test;
       assert.deepEqual(check.slice(0, 5), ['CMD', 'node', '/app/bin/cgi-runner.js', 'fcgi', '--check']);
       assert.equal(check[5], flagOf(c.services[name]!.command!, '--listen'));
+      parse(fcgiCommand, check.slice(4));
     }
+    // The scripts' health check asks for a script that the image has.
+    const cgiCheck = c.services['cgi-dir']!.healthcheck!.test;
+    assert.ok(fs.existsSync(imageFile(path.posix.join(flagOf(cgiCheck, '--check-root')!, flagOf(cgiCheck, '--check-path')!))!));
   });
 
   test('deploy/README.md lists a URL for each published port', (t) => {

@@ -42,7 +42,14 @@ before(async () => {
   base = `http://127.0.0.1:${port}`;
   cgiBase = `http://127.0.0.1:${cgiPort}`;
   nginx = await startDeployNginx({
-    vars: { NGINX_PORT: `127.0.0.1:${port}`, NGINX_CGI_PORT: `127.0.0.1:${cgiPort}`, APP_SOCKET: unix.address, APP_TCP: tcp.address, CGI_SOCKET: cgiSocket },
+    vars: {
+      NGINX_PORT: `127.0.0.1:${port}`,
+      NGINX_CGI_PORT: `127.0.0.1:${cgiPort}`,
+      APP_SOCKET: unix.address,
+      APP_TCP: tcp.address,
+      CGI_SOCKET: cgiSocket,
+      CGI_ROOT: repoRoot,
+    },
   });
 });
 
@@ -154,19 +161,34 @@ describe('deploy/nginx with nginx', () => {
     }
   });
 
-  test('classic CGI through `fcgi --cgi-dir` (deploy/nginx/templates/cgi.conf.template)', async (t) => {
+  test('classic CGI through `fcgi --cgi-dir` (cgi.conf.template): a process per request, PATH_INFO, 404', async (t) => {
     if (skipIfMissing(t)) return;
     if (!hasCgiDir) {
       t.skip('fcgi --cgi-dir is not implemented yet');
       return;
     }
+    const mark = nginx!.nginx.errors().length;
     const res = await fetch(`${cgiBase}/cgi-bin/hello.sh`);
     assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
     assert.equal(await res.text(), 'hello\n');
-    const env = await (await fetch(`${cgiBase}/cgi-bin/env.pl/extra/path?q=1`)).text();
-    assert.match(env, /SCRIPT_NAME=\/cgi-bin\/env\.pl/);
-    assert.match(env, /PATH_INFO=\/extra\/path/);
-    assert.match(env, /QUERY_STRING=q=1/);
-    assert.equal((await fetch(`${cgiBase}/cgi-bin/no-such-script`)).status, 404);
+    const env = await (await fetch(`${cgiBase}/cgi-bin/env.pl/extra/path?q=1`, { headers: { 'x-custom': 'yes' } })).text();
+    assert.match(env, /^SCRIPT_NAME=\/cgi-bin\/env\.pl$/m);
+    assert.match(env, /^PATH_INFO=\/extra\/path$/m);
+    assert.match(env, new RegExp(`^SCRIPT_FILENAME=${repoRoot}/cgi-bin/env\\.pl$`, 'm'));
+    assert.match(env, /^QUERY_STRING=q=1$/m);
+    assert.match(env, /^HTTP_X_CUSTOM=yes$/m);
+    assert.match(env, /^GATEWAY_INTERFACE=CGI\/1\.1$/m);
+    assert.match(env, new RegExp(`^cwd: ${repoRoot}/cgi-bin$`, 'm'));
+    const post = await fetch(`${cgiBase}/cgi-bin/env.pl`, { method: 'POST', body: 'a=1' });
+    assert.match(await post.text(), /^CONTENT_LENGTH=3$/m);
+    const missing = await fetch(`${cgiBase}/cgi-bin/no-such-script`);
+    assert.equal(missing.status, 404);
+    await missing.arrayBuffer();
+    // Only /cgi-bin/ is served: the files around the scripts are not.
+    assert.equal((await fetch(`${cgiBase}/package.json`)).status, 404);
+    assert.equal((await fetch(`${cgiBase}/cgi-bin/%2e%2e/package.json`)).status, 404);
+    // The 404s are reported to nginx on FastCGI stderr: nothing else went wrong.
+    for (const line of nginx!.nginx.errors().slice(mark)) assert.match(line, /FastCGI sent in stderr: "fastcgi: refusing/);
   });
 });

@@ -113,6 +113,22 @@ describe('fcgi --check ADDRESS', () => {
     }
   });
 
+  test('--check-root sends SCRIPT_FILENAME, so `fcgi --cgi-dir` can be checked with one of its scripts', async () => {
+    const cgi = await startFcgi({ listen: 'tcp', args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')] });
+    try {
+      const r = await runCli(['--check', cgi.address, '--check-root', repoRoot, '--check-path', '/cgi-bin/hello.sh']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^healthy: 127\.0\.0\.1:\d+: GET \/cgi-bin\/hello\.sh: 200 OK/);
+      // Without it the script cannot be found: the check says so.
+      const without = await checkResponder({ address: cgi.address, path: '/cgi-bin/hello.sh' });
+      assert.equal(without.ok, false);
+      assert.equal(without.status, 404);
+      assert.match(without.message, /stderr: fastcgi: neither SCRIPT_FILENAME nor DOCUMENT_ROOT/);
+    } finally {
+      await cgi.stop();
+    }
+  });
+
   test('2xx and 3xx are healthy, 5xx is not; a throwing app is reported with its stderr', async () => {
     assert.equal((await checkResponder({ address: jsonApp.address, path: '/status?code=201' })).ok, true);
     const redirect = await checkResponder({ address: jsonApp.address, path: '/status?code=302' });
