@@ -33,6 +33,7 @@ const scripts: Record<string, string> = {
   'huge-head.sh': `#!/usr/bin/perl\nprint "X-Big: ", "a" x 70000, "\\n\\nbody";\n`,
   'http-line.sh': sh(`printf 'HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nbody'`),
   'nph-raw.sh': sh(`printf 'HTTP/1.1 299 Custom Reason\\r\\nX-Raw: 1\\r\\n\\r\\nraw body\\n'`),
+  'nph-own.sh': sh(`printf 'HTTP/1.0 200 OK\\r\\nconnection: close\\r\\ncontent-length: 3\\r\\n\\r\\nown'`),
   'nph-bad.sh': sh(`printf 'Content-Type: text/plain\\n\\nnot an nph response'`),
   'stderr.sh': sh(`echo 'first line' >&2; printf 'second\\r\\nthird' >&2; printf 'Content-Type: text/plain\\n\\nok\\n'`),
   'no-content.sh': sh(`printf 'Status: 204 No Content\\n\\nignored body'`),
@@ -191,10 +192,15 @@ describe('CGI responses', () => {
     });
   }
 
-  test('an nph- script writes the whole response itself', async () => {
+  test('an nph- script writes the whole response itself; the connection then closes', async () => {
+    // Nothing delimits the body but the end of the connection, which the client is told about.
     const r = await rawRequest(port, 'GET /cgi-bin/nph-raw.sh HTTP/1.1\nHost: x\n\n');
-    assert.equal(r.rawHead, 'HTTP/1.1 299 Custom Reason\r\nX-Raw: 1');
+    assert.equal(r.rawHead, 'HTTP/1.1 299 Custom Reason\r\nX-Raw: 1\r\nConnection: close');
     assert.equal(r.rest.toString() || r.body.toString(), 'raw body\n');
+    // A script that says so itself is left exactly as it wrote.
+    const own = await rawRequest(port, 'GET /cgi-bin/nph-own.sh HTTP/1.1\nHost: x\n\n');
+    assert.equal(own.rawHead, 'HTTP/1.0 200 OK\r\nconnection: close\r\ncontent-length: 3');
+    assert.equal(own.body.toString(), 'own');
   });
 
   test("stderr lines go to the log, prefixed with the script's name", async () => {

@@ -38,6 +38,27 @@ test('the spawner helper is used when python3 is there', async (t) => {
   }
 });
 
+test('a spawner helper killed from outside is replaced', async (t) => {
+  if (!requirePeer(t, 'python3')) return;
+  const server = await startCgiServer({ 'env.pl': ENV_SCRIPT }, { spawner: 'helper' });
+  const log = captureLog();
+  try {
+    const [victim, ...others] = server.host.spawnerPids;
+    process.kill(victim!, 'SIGKILL');
+    const replaced = await waitFor('a new helper', () => {
+      const pids = server.host.spawnerPids;
+      return pids.length === others.length + 1 && !pids.includes(victim!) ? pids : undefined;
+    });
+    assert.ok(replaced.length >= 1);
+    const results = await Promise.all(Array.from({ length: 8 }, () => get(server.port, '/cgi-bin/env.pl')));
+    for (const r of results) assert.equal(r.status, 200);
+    assert.match(log.text(), /the spawner helper exited \(SIGKILL\)/);
+  } finally {
+    log.restore();
+    await server.close();
+  }
+});
+
 for (const kind of ['helper', 'node'] as const) {
   describe(`scripts started by ${kind === 'helper' ? 'the spawner helper' : "the runner's own spawn"}`, () => {
     let server: CgiServer | undefined;

@@ -167,7 +167,11 @@ def spawn(sid, payload):
     sel.register(err_r, selectors.EVENT_READ, (on_stderr, s))
 
 
+# Each callback first checks that its descriptor is still open: an earlier callback of the same
+# turn may have closed it (select() reported both events at once).
 def on_stdout(s, _mask):
+    if s.out_fd < 0 or not s.reading:
+        return
     want = min(READ_SIZE, STDOUT_WINDOW - s.unacked)
     try:
         data = os.read(s.out_fd, want)
@@ -189,6 +193,8 @@ def on_stdout(s, _mask):
 
 
 def on_stderr(s, _mask):
+    if s.err_fd < 0:
+        return
     try:
         data = os.read(s.err_fd, READ_SIZE)
     except BlockingIOError:
@@ -235,7 +241,7 @@ def write_stdin(s):
     else:
         try:
             sel.unregister(s.in_fd)
-        except KeyError:
+        except (KeyError, ValueError):
             pass
         if s.in_eof:
             s.in_fd = close_fd(s.in_fd)
@@ -243,7 +249,8 @@ def write_stdin(s):
 
 
 def on_stdin(s, _mask):
-    write_stdin(s)
+    if s.in_fd >= 0:
+        write_stdin(s)
 
 
 ctl_buf = bytearray()
@@ -280,7 +287,8 @@ def dispatch(kind, sid, payload):
     if kind == b'I':
         if s.in_fd >= 0:
             s.in_buf.extend(payload)
-            write_stdin(s)
+            if len(s.in_buf) == len(payload):
+                write_stdin(s)
     elif kind == b'D':
         s.in_eof = True
         if s.in_fd >= 0 and not s.in_buf:
@@ -324,9 +332,9 @@ def reap():
     # Checked once everything reapable is reaped, so this round's zombies do not count as members.
     for s, status in done:
         s.exited = True
-        emit(b'X', s.id, ('%d %d %d' % (s.pid, status, 1 if group_alive(s.pid) else 0)).encode())
         if s.in_fd >= 0:
             stdin_closed(s)
+        emit(b'X', s.id, ('%d %d %d' % (s.pid, status, 1 if group_alive(s.pid) else 0)).encode())
         maybe_forget(s)
 
 
@@ -433,7 +441,24 @@ if __name__ == '__main__':
             flush()
         for key, mask in sel.select():
             callback, s = key.data
-            callback(s, mask)
+            try:
+                callback(s, mask)
+            except SystemExit:
+                raise
+            except Exception as e:  # a bug must cost one request, not every script
+                sys.stderr.write('cgi: spawner: %s: %r\n' % (callback.__name__, e))
+                if s is not None:
+                    for fd in (s.out_fd, s.err_fd, s.in_fd):
+                        if fd >= 0:
+                            close_fd(fd)
+                    s.out_fd = s.err_fd = s.in_fd = -1
+                    emit(b'Z', s.id)
+                    emit(b'C', s.id)
+                    if s.pid:
+                        try:
+                            os.killpg(s.pid, signal.SIGKILL)
+                        except OSError:
+                            pass
         if child_exited:
             child_exited = False
             reap()

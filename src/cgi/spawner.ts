@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Readable, Writable } from 'node:stream';
+import { logError } from '../log.ts';
 
 export interface SpawnRequest {
   /** Absolute path of the executable. */
@@ -335,6 +336,8 @@ class HelperSpawner {
           const st = Number(status);
           const sig = st & 0x7f;
           proc.pid = Number(pid);
+          // The script is gone: whatever it did not read of its stdin never will be.
+          proc.onStdinClosed();
           proc.onStderr?.(null);
           proc.finish({ code: sig ? null : (st >> 8) & 0xff, signal: sig ? (signalNames.get(sig) ?? null) : null, groupLeft: left === '1' });
           if (proc.stdoutDone) this.forget(proc);
@@ -352,9 +355,14 @@ class HelperSpawner {
     if (pos < data.length) this.buffered = data.subarray(pos);
   }
 
+  /** Called when the helper exits on its own (not through close()). */
+  onExit: ((reason: string) => void) | null = null;
+
   private onHelperExit(reason: string): void {
+    const unexpected = !this.closed;
     this.failure = reason;
     this.closed = true;
+    if (unexpected) logError(`cgi: ${reason}; its scripts failed`, { pid: this.child.pid });
     for (const proc of this.running.values()) {
       if (!proc.stdoutDone) proc.stdout.destroy(new Error(`cgi: ${reason}`));
       proc.onStdinClosed();
@@ -362,6 +370,7 @@ class HelperSpawner {
       proc.finish({ code: null, signal: null, groupLeft: false, error: reason });
     }
     this.running.clear();
+    if (unexpected) this.onExit?.(reason);
   }
 
   async close(): Promise<void> {
@@ -480,8 +489,33 @@ class NodeSpawner implements Spawner {
 class HelperPool implements Spawner {
   readonly kind = 'helper' as const;
   private turn = 0;
+  private closing = false;
 
-  constructor(private readonly helpers: HelperSpawner[]) {}
+  constructor(private readonly helpers: HelperSpawner[]) {
+    helpers.forEach((helper, i) => this.watch(helper, i));
+  }
+
+  /** A helper that dies (killed from outside) is replaced, so the pool keeps its size. */
+  private watch(helper: HelperSpawner, index: number, delayMs = 100): void {
+    helper.onExit = () => {
+      const restart = (delay: number) =>
+        setTimeout(() => {
+          if (this.closing) return;
+          HelperSpawner.start().then(
+            (fresh) => {
+              if (this.closing) return void fresh.close();
+              this.helpers[index] = fresh;
+              this.watch(fresh, index);
+            },
+            (err: Error) => {
+              logError(`cgi: cannot restart the spawner helper: ${err.message}`);
+              restart(Math.min(delay * 2, 5000));
+            },
+          );
+        }, delay).unref();
+      restart(delayMs);
+    };
+  }
 
   get pids(): number[] {
     return this.helpers.flatMap((h) => (h.pid === undefined ? [] : [h.pid]));
@@ -500,6 +534,7 @@ class HelperPool implements Spawner {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.helpers.map((h) => h.close()));
   }
 }

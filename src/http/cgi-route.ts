@@ -239,7 +239,12 @@ function cut(res: ServerResponse): void {
   } else res.destroy();
 }
 
-/** An nph- script wrote the whole HTTP response: its bytes go to the connection as they are. */
+/**
+ * An nph- script wrote the whole HTTP response: its bytes go to the connection as they are, and the
+ * connection closes after them, since nothing says where such a response ends. The one change:
+ * "Connection: close" is added when the script did not say, or a keep-alive client (a proxy's
+ * upstream pool) would send its next request on a connection about to close.
+ */
 function sendRaw(request: RouteRequest, head: CgiHead, body: Readable): void {
   const { res } = request;
   const socket = res.socket;
@@ -248,6 +253,13 @@ function sendRaw(request: RouteRequest, head: CgiHead, body: Readable): void {
     body.destroy();
     return;
   }
+  let raw = head.raw;
+  if (!head.headers.some(([name]) => name.toLowerCase() === 'connection')) {
+    const blank = raw[raw.length - 2] === 0x0d ? 2 : 1;
+    raw = Buffer.concat([raw.subarray(0, raw.length - blank), Buffer.from('Connection: close\r\n'), raw.subarray(raw.length - blank)]);
+  }
+  request.bytes += raw.length;
+  socket.write(raw);
   body.on('data', (chunk: Buffer) => {
     request.bytes += chunk.length;
     if (!socket.write(chunk)) {
