@@ -142,6 +142,11 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
   };
 
   const server = http.createServer({ keepAlive: true }, (req, res) => onRequest(req, res, false));
+  // Longer than the idle timeout of the proxies that pool connections to us (nginx's upstream
+  // keepalive_timeout and most load balancers: 60 s): with Node's 5 s we would close connections
+  // they are about to reuse, which they answer with 502.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   // With a listener, Node leaves `Expect: 100-continue` to us: a body that will be refused is
   // then refused before the client sends it.
   server.on('checkContinue', (req, res) => onRequest(req, res, true));
