@@ -49,10 +49,10 @@ export interface CgiFinish {
 export type CgiOutcome =
   | {
       kind: 'response';
-      /** The parsed header block (for nph-, the parsed status line and headers; `raw` is what it wrote). */
+      /** The parsed header block (for nph-, the parsed status line and headers). */
       head: CgiHead;
       /**
-       * The body as the script writes it, after the header block. It ends when
+       * The body as the script writes it (for nph-, the whole output: `head.raw`, then the body). It ends when
        * the script closes stdout and errors if the script is killed (timeout, abort) mid-way.
        * Destroying it kills the script.
        */
@@ -356,7 +356,8 @@ class Run {
       },
     });
     this.body = body;
-    if (parsed.rest.length) body.push(parsed.rest);
+    const first = this.invocation.nph ? Buffer.concat([parsed.head.raw, parsed.rest]) : parsed.rest;
+    if (first.length) body.push(first);
     this.sendOutcome({ kind: 'response', head: parsed.head, body, finished: this.finished });
   }
 
