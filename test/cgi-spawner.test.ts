@@ -40,11 +40,19 @@ test('the spawner helper is used when python3 is there', async (t) => {
 
 test('a spawner helper killed from outside is replaced', async (t) => {
   if (!requirePeer(t, 'python3')) return;
-  const server = await startCgiServer({ 'env.pl': ENV_SCRIPT }, { spawner: 'helper' });
+  const server = await startCgiServer({ 'env.pl': ENV_SCRIPT, 'wait.sh': sh('sleep 2; printf "Content-Type: text/plain\\n\\nlate\\n"') }, { spawner: 'helper' });
   const log = captureLog();
   try {
+    // Requests in flight on the helper that dies fail at once rather than hang.
+    const inFlight = Array.from({ length: server.host.spawnerPids.length }, () => get(server.port, '/cgi-bin/wait.sh').then((r) => ({ status: r.status, at: Date.now() })));
+    await waitFor('the scripts to start', () => (server.host.running === server.host.spawnerPids.length ? true : undefined));
     const [victim, ...others] = server.host.spawnerPids;
+    const killedAt = Date.now();
     process.kill(victim!, 'SIGKILL');
+    const results = await Promise.all(inFlight);
+    const failed = results.find((r) => r.status === 500);
+    assert.ok(failed, `statuses ${results.map((r) => r.status)}`);
+    assert.ok(failed.at - killedAt < 1000, 'the failed request did not wait for its script');
     const replaced = await waitFor('a new helper', () => {
       const pids = server.host.spawnerPids;
       return pids.length === others.length + 1 && !pids.includes(victim!) ? pids : undefined;

@@ -69,9 +69,10 @@ export type CgiOutcome =
 
 const maxStderrLine = 8192;
 
-/** Waiting requests: a FIFO of resolvers. */
+/** A request waiting for a slot: granted one (it inherits the slot of a finished run) or turned away. */
 interface Waiter {
   grant: () => void;
+  cancel: () => void;
 }
 
 export class CgiHost {
@@ -102,7 +103,7 @@ export class CgiHost {
     return new CgiHost(await startSpawner(options.spawner), options);
   }
 
-  /** 'helper' (the Perl spawner) or 'node' (child_process.spawn). */
+  /** 'helper' (the Python spawner helpers) or 'node' (child_process.spawn). */
   get spawnerKind(): 'helper' | 'node' {
     return this.spawner.kind;
   }
@@ -143,12 +144,9 @@ export class CgiHost {
         const message =
           waited === 'full' ? `cgi: ${this.maxScripts} scripts running and ${this.queueLimit} requests waiting`
           : waited === 'timeout' ? 'cgi: no free script slot in time'
+          : waited === 'closing' ? 'cgi: the server is stopping'
           : 'cgi: the request was aborted while waiting';
         return notRun(503, message, waited === 'aborted');
-      }
-      if (this.closing) {
-        this.releaseSlot();
-        return notRun(503, 'cgi: the server is stopping');
       }
     } else {
       this.active++;
@@ -156,7 +154,7 @@ export class CgiHost {
     return new Run(this, invocation).start();
   }
 
-  private waitForSlot(signal: AbortSignal | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted'> {
+  private waitForSlot(signal: AbortSignal | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted' | 'closing'> {
     if (this.queue.length >= this.queueLimit) return Promise.resolve('full');
     return new Promise((resolve) => {
       const waiter: Waiter = {
@@ -164,8 +162,9 @@ export class CgiHost {
           cleanup();
           resolve('granted');
         },
+        cancel: () => leave('closing'),
       };
-      const leave = (why: 'timeout' | 'aborted') => {
+      const leave = (why: 'timeout' | 'aborted' | 'closing') => {
         const i = this.queue.indexOf(waiter);
         if (i !== -1) this.queue.splice(i, 1);
         cleanup();
@@ -220,7 +219,7 @@ export class CgiHost {
   /** Kills every running script (TERM, then KILL) and stops the spawner. Waiting requests get 503. */
   async close(): Promise<void> {
     this.closing = true;
-    for (const waiter of this.queue.splice(0)) waiter.grant();
+    for (const waiter of [...this.queue]) waiter.cancel();
     const runs = [...this.live];
     for (const run of runs) run.kill('cgi: the server is stopping');
     await Promise.all(runs.map((r) => r.finished));
@@ -313,6 +312,8 @@ class Run {
     stdout.on('data', (chunk: Buffer) => this.onStdout(chunk));
     stdout.once('end', () => this.onStdoutEnd());
     stdout.once('close', () => this.onStdoutEnd());
+    // The spawner ends it with an error when the helper itself goes away; the exit event says why.
+    stdout.on('error', () => this.onStdoutEnd());
     return outcome;
   }
 

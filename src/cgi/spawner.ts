@@ -111,6 +111,7 @@ class HelperProcess implements ScriptProcess {
       // The consumer wants more: what it took leaves room in the window.
       read: () => this.ack(false),
     });
+    this.stdout.on('error', () => {});
     this.stdin = hasStdin
       ? new Writable({
           highWaterMark: 64 * 1024,
