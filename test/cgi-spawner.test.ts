@@ -58,8 +58,8 @@ test('a spawner helper killed from outside is replaced', async (t) => {
       return pids.length === others.length + 1 && !pids.includes(victim!) ? pids : undefined;
     });
     assert.ok(replaced.length >= 1);
-    const results = await Promise.all(Array.from({ length: 8 }, () => get(server.port, '/cgi-bin/env.pl')));
-    for (const r of results) assert.equal(r.status, 200);
+    const after = await Promise.all(Array.from({ length: 8 }, () => get(server.port, '/cgi-bin/env.pl')));
+    for (const r of after) assert.equal(r.status, 200);
     assert.match(log.text(), /the spawner helper exited \(SIGKILL\)/);
   } finally {
     log.restore();
