@@ -1,0 +1,242 @@
+// `npm run soak -- --minutes 10`: mixed load for a long time against the FastCGI responder behind nginx and against `serve`, checking errors, memory, file descriptors and leftover processes.
+import fs from 'node:fs';
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { readAllStats, clockTicksPerSecond } from '../bench/proc-stats.ts';
+import { processGroupMembers } from '../peers/index.ts';
+import { runMixedLoad, type MixedLoadResult, type RequestKind } from './mixed-load.ts';
+import { ProcessWatcher, countFds, descendants, type WatchSummary } from './stats.ts';
+import { readCmdline, startCgiStack, startFcgiStack, type SoakStack } from './stack.ts';
+
+export type SoakMode = 'fcgi' | 'cgi';
+
+export interface SoakOptions {
+  mode: SoakMode;
+  durationMs: number;
+  connections: number;
+  /** Samples before this are left out of the memory and descriptor figures. Default: a tenth of the run, at most 60 s. */
+  warmupMs?: number;
+  /** Default 1 s, or a tenth of the run when shorter. */
+  sampleMs?: number;
+  mix?: Partial<Record<RequestKind, number>>;
+  postBytes?: number;
+  /** Most RSS growth accepted after warm-up. Default 0.10. */
+  maxRssGrowth?: number;
+  /** Append the runner's error log to this file. */
+  logFile?: string;
+  onProgress?: (line: string) => void;
+}
+
+export interface SoakReport {
+  mode: SoakMode;
+  connections: number;
+  durationMs: number;
+  warmupMs: number;
+  load: MixedLoadResult;
+  watch: WatchSummary;
+  /** After the load, once its children are gone (or 10 s passed): what the runner still has, and how long that took. */
+  settled: { children: number; zombies: number; fds: number; ms: number };
+  /** Processes of the runner's group still alive after it was stopped. */
+  leftovers: number;
+  /** Set when the runner exited on its own during the run: how, and the end of its error log. */
+  runnerDied?: { exit: string; logTail: string };
+  machine: { cores: number; loadBefore: number[]; loadAfter: number[]; otherBusy: Array<{ command: string; cpuSeconds: number }> };
+  /** Problems found; empty means the run passed. */
+  failures: string[];
+}
+
+/** CPU used by processes outside our own trees during the run: what else was running. */
+function cpuByCommand(): Map<string, number> {
+  const byCommand = new Map<string, number>();
+  for (const stat of readAllStats().values()) {
+    const name = readCmdline(stat.pid).trim().slice(0, 100) || `pid ${stat.pid}`;
+    byCommand.set(`${stat.pid} ${name}`, stat.selfTicks);
+  }
+  return byCommand;
+}
+
+export async function runSoak(options: SoakOptions): Promise<SoakReport> {
+  const { mode, durationMs, connections } = options;
+  const warmupMs = options.warmupMs ?? Math.min(60_000, durationMs / 10);
+  const sampleMs = options.sampleMs ?? Math.min(1000, Math.max(100, durationMs / 10));
+  const maxRssGrowth = options.maxRssGrowth ?? 0.1;
+  const loadBefore = os.loadavg();
+  const cpuBefore = cpuByCommand();
+  const stack: SoakStack = mode === 'fcgi' ? await startFcgiStack({ logFile: options.logFile }) : await startCgiStack({ maxScripts: connections, logFile: options.logFile });
+  const ours = new Set<number>([process.pid, stack.runner.pid, ...(stack.nginx ? [stack.nginx.pid] : [])]);
+  let report: SoakReport | undefined;
+  try {
+    const watcher = new ProcessWatcher(stack.watchedPids, () => [stack.runner.pid]);
+    watcher.start(sampleMs);
+    const load = await runMixedLoad({
+      baseUrl: stack.baseUrl,
+      connections,
+      durationMs,
+      mix: options.mix ?? { get: 70, post: 10, stream: 20 },
+      postBytes: options.postBytes,
+      onProgress: options.onProgress
+        ? (p) => {
+            const last = watcher.samples.at(-1);
+            options.onProgress!(
+              `${mode} ${(p.elapsedMs / 1000).toFixed(0)}/${(durationMs / 1000).toFixed(0)} s  ${p.requests} requests  ${p.errors} errors` +
+                (last ? `  rss ${(last.rssBytes / 2 ** 20).toFixed(1)} MiB  fds ${last.fds}  children ${last.children}` : ''),
+            );
+          }
+        : undefined,
+    });
+    watcher.stop();
+    const watch = watcher.summary(warmupMs);
+    const exit = stack.runner.exitStatus();
+    const runnerDied = exit ? { exit: exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`, logTail: stack.runner.outputTail(3000) } : undefined;
+    // Scripts whose answer is complete may still be exiting: give them up to 10 s (on a loaded machine).
+    const settleStart = performance.now();
+    let settled: SoakReport['settled'];
+    for (;;) {
+      const after = descendants([stack.runner.pid]);
+      const helperOrWorkers = new Set(stack.watchedPids());
+      settled = {
+        children: after.live.filter((s) => !helperOrWorkers.has(s.pid)).length,
+        zombies: after.zombies.length,
+        fds: stack.watchedPids().reduce((n, pid) => n + countFds(pid), 0),
+        ms: Math.round(performance.now() - settleStart),
+      };
+      if ((settled.children === 0 && settled.zombies === 0) || settled.ms > 10_000) break;
+      await sleep(100);
+    }
+    for (const pid of stack.watchedPids()) ours.add(pid);
+    const pgid = stack.runner.pgid;
+    await stack.stop();
+    await sleep(200);
+    const leftovers = processGroupMembers(pgid).length;
+
+    const cpuAfter = cpuByCommand();
+    const otherBusy: Array<{ command: string; cpuSeconds: number }> = [];
+    for (const [key, ticks] of cpuAfter) {
+      const pid = Number(key.slice(0, key.indexOf(' ')));
+      if (ours.has(pid)) continue;
+      const used = (ticks - (cpuBefore.get(key) ?? 0)) / clockTicksPerSecond();
+      if (used >= Math.max(1, durationMs / 1000 / 100)) otherBusy.push({ command: key, cpuSeconds: Math.round(used) });
+    }
+    otherBusy.sort((a, b) => b.cpuSeconds - a.cpuSeconds);
+
+    const failures: string[] = [];
+    if (runnerDied) failures.push(`the runner exited during the run (${runnerDied.exit})`);
+    if (load.errors > 0) failures.push(`${load.errors} errors: ${JSON.stringify(load.errorKinds)}`);
+    if (load.requests === 0) failures.push('no request was answered');
+    if (watch.rss.growth > maxRssGrowth) failures.push(`RSS grew ${(watch.rss.growth * 100).toFixed(1)}% after warm-up (at most ${maxRssGrowth * 100}%)`);
+    if (watch.lingeringZombies > 0) failures.push(`${watch.lingeringZombies} zombie sightings that lasted a sample interval`);
+    if (settled.zombies > 0) failures.push(`${settled.zombies} zombies after the load`);
+    if (settled.children > 0) failures.push(`${settled.children} child processes still running after the load`);
+    if (leftovers > 0) failures.push(`${leftovers} processes of the runner's group left after it stopped`);
+    report = {
+      mode,
+      connections,
+      durationMs,
+      warmupMs,
+      load,
+      watch,
+      settled,
+      leftovers,
+      runnerDied,
+      machine: { cores: os.availableParallelism(), loadBefore, loadAfter: os.loadavg(), otherBusy: otherBusy.slice(0, 8) },
+      failures,
+    };
+  } finally {
+    if (!report) await stack.stop().catch(() => {});
+  }
+  return report;
+}
+
+const MiB = 2 ** 20;
+
+export function formatReport(r: SoakReport): string {
+  const l = r.load;
+  const w = r.watch;
+  const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)}%`;
+  const kinds = Object.entries(l.byKind)
+    .filter(([, k]) => k.requests > 0)
+    .map(([name, k]) => `${name} ${k.requests}${k.errors ? ` (${k.errors} errors)` : ''}`)
+    .join(', ');
+  return [
+    `${r.mode === 'fcgi' ? 'FastCGI responder behind nginx' : 'CGI (serve)'}: ${r.connections} connections, ${(r.durationMs / 60_000).toFixed(1)} min, warm-up ${(r.warmupMs / 1000).toFixed(0)} s`,
+    `  requests   ${l.requests} (${kinds}), ${l.rps.toFixed(0)}/s, ${(l.bytes / MiB / 1024).toFixed(2)} GiB moved`,
+    `  errors     ${l.errors}${l.errors ? ' ' + JSON.stringify(l.errorKinds) : ''}`,
+    `  latency    p50 ${l.latency.p50.toFixed(1)} ms, p99 ${l.latency.p99.toFixed(1)} ms, max ${l.latency.max.toFixed(0)} ms`,
+    `  RSS        ${(w.rss.baseline / MiB).toFixed(1)} MiB after warm-up, ${(w.rss.final / MiB).toFixed(1)} MiB at the end (${pct(w.rss.growth)}); range ${(w.rss.min / MiB).toFixed(1)}-${(w.rss.max / MiB).toFixed(1)} MiB over ${w.samples} samples`,
+    `  fds        ${w.fds.baseline} after warm-up, ${w.fds.final} at the end; range ${w.fds.min}-${w.fds.max}; ${r.settled.fds} when idle`,
+    `  processes  zombies lingering ${w.lingeringZombies} (most in one sample ${w.maxZombies}), after the load ${r.settled.zombies}; children left ${r.settled.children} (${r.settled.ms} ms after the load); left after stop ${r.leftovers}`,
+    `  machine    ${r.machine.cores} cores, load average ${r.machine.loadBefore.map((x) => x.toFixed(1)).join(' ')} before, ${r.machine.loadAfter.map((x) => x.toFixed(1)).join(' ')} after`,
+    ...(r.machine.otherBusy.length ? [`  also running: ${r.machine.otherBusy.map((o) => `${o.command.replace(/^\d+ /, '').slice(0, 70)} (${o.cpuSeconds} s CPU)`).join('; ')}`] : []),
+    ...(r.runnerDied ? [`  runner log ${r.runnerDied.logTail.split('\n').join('\n             ')}`] : []),
+    `  verdict    ${r.failures.length ? 'FAIL: ' + r.failures.join('; ') : 'pass'}`,
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      minutes: { type: 'string', default: '10' },
+      seconds: { type: 'string' },
+      mode: { type: 'string', default: 'both' },
+      'fcgi-connections': { type: 'string', default: '64' },
+      'cgi-connections': { type: 'string', default: '16' },
+      json: { type: 'string' },
+      log: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(
+      [
+        'usage: npm run soak -- [--minutes N | --seconds N] [--mode fcgi|cgi|both] [--fcgi-connections N] [--cgi-connections N] [--json FILE] [--log FILE]',
+        '',
+        'Mixed load (70% GET, 10% 1 MiB POST, 20% streamed answers), every answer checked, for the given time per mode:',
+        'the FastCGI responder (src/soak/app.ts) behind nginx, then `serve` running the same routes as Perl CGI scripts.',
+        'Passes with zero errors, RSS within 10% of its post-warm-up level, no zombie and no process left over.',
+        '',
+      ].join('\n'),
+    );
+    return 0;
+  }
+  const durationMs = values.seconds !== undefined ? Number(values.seconds) * 1000 : Number(values.minutes) * 60_000;
+  if (!(durationMs > 0)) throw new TypeError('--minutes / --seconds must be positive');
+  const modes: SoakMode[] = values.mode === 'both' ? ['fcgi', 'cgi'] : [values.mode as SoakMode];
+  if (!modes.every((m) => m === 'fcgi' || m === 'cgi')) throw new TypeError('--mode must be fcgi, cgi or both');
+  const reports: SoakReport[] = [];
+  const tty = process.stderr.isTTY;
+  for (const mode of modes) {
+    const connections = Number(mode === 'fcgi' ? values['fcgi-connections'] : values['cgi-connections']);
+    let lastLine = 0;
+    const report = await runSoak({
+      mode,
+      durationMs,
+      connections,
+      logFile: values.log,
+      onProgress: (line) => {
+        // A line every 30 s when not on a terminal, so a log file stays readable.
+        if (tty) process.stderr.write(`\r${line}\x1b[K`);
+        else if (Date.now() - lastLine >= 30_000) {
+          lastLine = Date.now();
+          process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+        }
+      },
+    });
+    if (tty) process.stderr.write('\r\x1b[K');
+    process.stdout.write(formatReport(report) + '\n\n');
+    reports.push(report);
+  }
+  if (values.json) fs.writeFileSync(values.json, JSON.stringify(reports, null, 2) + '\n');
+  return reports.every((r) => r.failures.length === 0) ? 0 : 1;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: Error) => {
+      process.stderr.write(`soak: ${err.message}\n`);
+      process.exit(2);
+    },
+  );
+}

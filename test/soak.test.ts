@@ -1,0 +1,34 @@
+// The soak of `npm run soak`, in a short form: mixed load (GET, 1 MiB POST, streamed answers) through nginx to the responder, and against `serve`; zero errors, nothing left behind.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { requirePeer } from '../src/peers/index.ts';
+import { formatReport, runSoak, type SoakReport } from '../src/soak/soak.ts';
+
+const seconds = Number(process.env.SOAK_SECONDS ?? 8);
+
+function assertClean(report: SoakReport): void {
+  const text = formatReport(report);
+  assert.equal(report.runnerDied, undefined, text);
+  assert.equal(report.load.errors, 0, text);
+  assert.ok(report.load.requests > 50, text);
+  for (const kind of ['get', 'post', 'stream'] as const) assert.ok(report.load.byKind[kind].requests > 0, `no ${kind} request ran\n${text}`);
+  assert.equal(report.watch.lingeringZombies, 0, text);
+  assert.equal(report.settled.zombies, 0, text);
+  assert.equal(report.settled.children, 0, text);
+  assert.equal(report.leftovers, 0, text);
+  // Idle again, the runner holds no more descriptors than it did under load after warm-up.
+  assert.ok(report.settled.fds <= report.watch.fds.max, text);
+}
+
+test(`soak, FastCGI behind nginx: ${seconds} s at 16 connections, no error, nothing left behind`, { timeout: (seconds + 60) * 1000 }, async (t) => {
+  if (!requirePeer(t, 'nginx')) return;
+  const report = await runSoak({ mode: 'fcgi', durationMs: seconds * 1000, connections: 16, maxRssGrowth: Infinity });
+  t.diagnostic(formatReport(report));
+  assertClean(report);
+});
+
+test(`soak, CGI: ${seconds} s at 8 connections, no error, every script reaped`, { timeout: (seconds + 60) * 1000 }, async (t) => {
+  const report = await runSoak({ mode: 'cgi', durationMs: seconds * 1000, connections: 8, maxRssGrowth: Infinity });
+  t.diagnostic(formatReport(report));
+  assertClean(report);
+});
