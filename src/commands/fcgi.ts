@@ -34,6 +34,7 @@ export const fcgiCommand: Command = {
     'socket-mode': { type: 'string', valueName: 'MODE', default: '0660', description: 'permissions of a unix socket file' },
     'max-conns': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxConns), description: 'connections per process (FCGI_MAX_CONNS)' },
     'max-reqs': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxReqs), description: 'requests in flight per process (FCGI_MAX_REQS); more get FCGI_OVERLOADED' },
+    'max-conn-reqs': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxConnReqs), description: 'requests in flight on one connection; more get FCGI_OVERLOADED (0: only --max-reqs; 1 answers FCGI_MPXS_CONNS=0)' },
     'max-params': { type: 'string', valueName: 'BYTES', default: String(defaultResponderOptions.maxParamsBytes), description: 'PARAMS bytes per request' },
     'stdin-buffer': { type: 'string', valueName: 'BYTES', default: String(defaultResponderOptions.stdinHighWaterMark), description: 'request body bytes queued for the app before the socket is paused' },
     'idle-timeout': { type: 'string', valueName: 'SECONDS', default: String(defaultResponderOptions.idleTimeoutMs / 1000), description: 'close a connection idle this long (0: never)' },
@@ -105,6 +106,7 @@ async function runResponderProcess(values: Values, target: ListenTarget, socketM
   const responder = new Responder(app, {
     maxConns: intFlag(values, 'max-conns', 1),
     maxReqs: intFlag(values, 'max-reqs', 1),
+    maxConnReqs: intFlag(values, 'max-conn-reqs', 0),
     maxParamsBytes: intFlag(values, 'max-params', 1024),
     stdinHighWaterMark: intFlag(values, 'stdin-buffer', 1),
     idleTimeoutMs: intFlag(values, 'idle-timeout') * 1000,

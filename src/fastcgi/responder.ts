@@ -43,8 +43,13 @@ import { LazyAbort } from '../lazy-abort.ts';
 export interface ResponderOptions {
   /** Connections served at once by this process; more are closed on accept. Answered as FCGI_MAX_CONNS. */
   maxConns: number;
-  /** Requests in flight in this process (and so on one connection); more get FCGI_OVERLOADED. Answered as FCGI_MAX_REQS. */
+  /** Requests in flight in this process; more get FCGI_OVERLOADED. Answered as FCGI_MAX_REQS. */
   maxReqs: number;
+  /**
+   * Requests in flight on one connection; more get FCGI_OVERLOADED, so one multiplexing client cannot
+   * take every slot of the process. 0: only maxReqs applies. 1 is answered as FCGI_MPXS_CONNS=0.
+   */
+  maxConnReqs: number;
   /** PARAMS bytes one request may send; more is a protocol error that closes the connection. */
   maxParamsBytes: number;
   /** STDIN bytes queued for an app that does not read them yet, before the socket stops being read. */
@@ -62,6 +67,7 @@ export interface ResponderOptions {
 export const defaultResponderOptions: ResponderOptions = {
   maxConns: 1024,
   maxReqs: 1024,
+  maxConnReqs: 0,
   maxParamsBytes: 256 * 1024,
   stdinHighWaterMark: 256 * 1024,
   idleTimeoutMs: 300_000,
@@ -124,7 +130,7 @@ export class Responder {
   valueOf(name: string): string | undefined {
     if (name === FCGI_MAX_CONNS) return String(this.options.maxConns);
     if (name === FCGI_MAX_REQS) return String(this.options.maxReqs);
-    if (name === FCGI_MPXS_CONNS) return '1';
+    if (name === FCGI_MPXS_CONNS) return this.options.maxConnReqs === 1 ? '0' : '1';
     return undefined;
   }
 
@@ -299,8 +305,10 @@ export class ResponderConnection {
     const options = this.responder.options;
     // Over the cap the request is refused rather than the socket paused: pausing would stall
     // every other request multiplexed on this connection.
-    if (this.responder.activeRequests >= options.maxReqs || this.responder.draining) {
-      logError(`fastcgi: request ${id} refused with FCGI_OVERLOADED: ${this.responder.draining ? 'shutting down' : `${options.maxReqs} requests in flight`}`, { target: options.target });
+    const connectionFull = options.maxConnReqs > 0 && this.requests.size >= options.maxConnReqs;
+    if (this.responder.activeRequests >= options.maxReqs || connectionFull || this.responder.draining) {
+      const why = this.responder.draining ? 'shutting down' : connectionFull ? `${options.maxConnReqs} requests in flight on this connection` : `${options.maxReqs} requests in flight`;
+      logError(`fastcgi: request ${id} refused with FCGI_OVERLOADED: ${why}`, { target: options.target });
       this.rejectRequest(id, keepConn, FCGI_OVERLOADED);
       return;
     }

@@ -153,8 +153,8 @@ export async function startCgiStack(options: CgiStackOptions = {}): Promise<Soak
     runner: proc,
     nginx: undefined,
     dir: temp.path,
-    // The runner and its spawner helper; the scripts below the helper come and go.
-    watchedPids: () => [proc.pid, ...childrenOf(proc.pid).filter((pid) => readCmdline(pid).includes('spawner'))],
+    // The runner, its spawner helpers and the esbuild service tsx starts; the scripts below the helpers come and go.
+    watchedPids: () => [proc.pid, ...childrenOf(proc.pid).filter((pid) => /spawner|esbuild/.test(readCmdline(pid)))],
     async stop() {
       await stopProcess(proc, 'SIGTERM', 10_000);
       await temp.cleanup();
