@@ -8,6 +8,7 @@ import { CgiHost } from '../cgi/host.ts';
 import { scriptDirectory } from '../cgi/resolve.ts';
 import type { SpawnerKind } from '../cgi/spawner.ts';
 import { cgiRoute } from '../http/cgi-route.ts';
+import { createFastCGIRoutes, type FastCGIRoutes } from '../http/fcgi-route.ts';
 import { createHttpFront, type HttpFront } from '../http/server.ts';
 import { logError, logInfo } from '../log.ts';
 
@@ -26,6 +27,14 @@ export interface ServeOptions {
   killGrace?: number;
   /** How scripts are started (default 'auto': the helper when python3 runs, else Node's spawn). */
   spawner?: SpawnerKind;
+  /** Apps served at /fcgi/NAME by persistent responder processes (default ./fcgi; a missing directory serves nothing). */
+  fcgiDir?: string;
+  /** Processes per fcgi/ app. Default 1. */
+  fcgiProcs?: number;
+  /** PREFIX=ADDRESS: URL prefixes sent to external FastCGI servers. */
+  fcgiPass?: string[];
+  /** Document root for --fcgi-pass (SCRIPT_FILENAME = ROOT + SCRIPT_NAME). Default: the working directory. */
+  fcgiRoot?: string;
 }
 
 export interface RunningServer {
@@ -34,6 +43,8 @@ export interface RunningServer {
   readonly port: number;
   readonly front: HttpFront;
   readonly host: CgiHost;
+  /** The /fcgi/ app processes and the --fcgi-pass upstreams. */
+  readonly fastcgi: FastCGIRoutes;
   /** Finishes in-flight requests for up to deadlineMs, then kills what is left. */
   stop(deadlineMs?: number): Promise<void>;
 }
@@ -56,8 +67,19 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
     killGraceMs: (options.killGrace ?? 2) * 1000,
     spawner: options.spawner,
   });
+  const fastcgi = createFastCGIRoutes({
+    fcgiDir: options.fcgiDir ?? './fcgi',
+    procs: options.fcgiProcs ?? 1,
+    pass: options.fcgiPass ?? [],
+    root: options.fcgiRoot,
+    timeoutSeconds: options.timeout,
+    serverSoftware: `cgi-runner/${packageVersion}`,
+    maxBody: options.maxBody,
+    passAuth: options.passAuth,
+  });
   const front = createHttpFront({
     routes: [
+      ...fastcgi.routes,
       cgiRoute({
         host,
         scripts,
@@ -75,7 +97,7 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
   try {
     address = await front.listen(options.port, options.host);
   } catch (err) {
-    await host.close();
+    await Promise.all([host.close(), fastcgi.stop()]);
     throw err;
   }
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -85,8 +107,12 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
     port: address.port,
     front,
     host,
+    fastcgi,
     stop(deadlineMs = options.timeout * 1000) {
-      stopping ??= front.stop(deadlineMs, () => host.close());
+      // In-flight requests finish first (their app processes still run), then the apps stop.
+      stopping ??= front.stop(deadlineMs, async () => {
+        await Promise.all([host.close(), fastcgi.stop()]);
+      });
       return stopping;
     },
   };
@@ -110,6 +136,10 @@ export const serveCommand: Command = {
     'pass-auth': { type: 'boolean', description: 'pass the Authorization header to scripts (HTTP_AUTHORIZATION)' },
     'follow-symlinks': { type: 'boolean', description: 'run symlinks whose target is outside --cgi-dir' },
     'isindex-args': { type: 'boolean', description: 'a query without "=" becomes command-line arguments (RFC 3875 §4.4; off: CVE-2012-1823)' },
+    'fcgi-dir': { type: 'string', valueName: 'DIR', default: './fcgi', description: 'apps served at /fcgi/NAME (DIR/NAME.ts), each by persistent `fcgi` processes started on first use' },
+    'fcgi-procs': { type: 'string', valueName: 'N', default: '1', description: 'processes per fcgi/ app' },
+    'fcgi-pass': { type: 'string', valueName: 'PREFIX=ADDRESS', multiple: true, description: 'send a URL prefix to an external FastCGI server (php-fpm), e.g. /php=127.0.0.1:9000' },
+    'fcgi-root': { type: 'string', valueName: 'DIR', description: 'document root for --fcgi-pass: SCRIPT_FILENAME = DIR + the URL path, as nginx\'s fastcgi.conf (default: the working directory)' },
   },
   async run(values) {
     const running = await startServe({
@@ -122,6 +152,10 @@ export const serveCommand: Command = {
       passAuth: values['pass-auth'] === true,
       followSymlinks: values['follow-symlinks'] === true,
       isindexArgs: values['isindex-args'] === true,
+      fcgiDir: values['fcgi-dir'] as string,
+      fcgiProcs: intFlag(values, 'fcgi-procs', 1),
+      fcgiPass: (values['fcgi-pass'] as string[] | undefined) ?? [],
+      fcgiRoot: values['fcgi-root'] as string | undefined,
     }).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.message.startsWith('cgi:')) {
         throw Object.assign(new Error(err.message), { code: 'USAGE' });
@@ -129,6 +163,7 @@ export const serveCommand: Command = {
       throw err;
     });
     process.stdout.write(`cgi-runner: serving ${path.resolve(values['cgi-dir'] as string)} at ${running.url}\n`);
+    if (running.fastcgi.fcgiDir) process.stdout.write(`cgi-runner: serving the apps of ${running.fastcgi.fcgiDir} at ${running.url.replace(/\/cgi-bin\/$/, '/fcgi/')}NAME\n`);
     logInfo(`cgi: scripts are started by the ${running.host.spawnerKind === 'helper' ? 'spawner helper (python3, posix_spawn)' : 'runner itself (child_process)'}; at most ${running.host.maxScripts} at once`);
     await new Promise<void>((resolve) => {
       let signals = 0;

@@ -53,6 +53,8 @@ export class FastCGIUpstreamError extends Error {
     readonly status: 499 | 502 | 503 | 504,
     message: string,
     readonly upstream: string,
+    /** Nothing reached the upstream (the connection could not be made): sending again elsewhere is safe. */
+    readonly retryable = false,
   ) {
     super(message);
   }
@@ -94,6 +96,8 @@ export interface FastCGIClientOptions {
   starvationMs?: number;
   /** Each STDERR line of the upstream; default: a log line naming the upstream. */
   onStderr?: (line: string, params: Readonly<Record<string, string>>) => void;
+  /** Told of each failed connection attempt (a process manager learns its child is gone). */
+  onConnectError?: (error: NodeJS.ErrnoException) => void;
 }
 
 export interface FastCGIRequest {
@@ -191,6 +195,7 @@ export class FastCGIClient {
   readonly settings: Settings;
   private readonly multiplexOption: boolean | 'auto';
   private readonly onStderr: (line: string, params: Readonly<Record<string, string>>) => void;
+  private readonly onConnectError: ((error: NodeJS.ErrnoException) => void) | undefined;
   private values: UpstreamValues | null = null;
   private probing: Promise<UpstreamValues> | null = null;
   /** @internal */ readonly connections = new Set<Connection>();
@@ -211,6 +216,7 @@ export class FastCGIClient {
     this.settings = settings;
     this.multiplexOption = options.multiplex ?? 'auto';
     if (this.multiplexOption !== 'auto') this.values = { multiplex: this.multiplexOption, maxConns: undefined, maxReqs: undefined, raw: {} };
+    this.onConnectError = options.onConnectError;
     this.onStderr = options.onStderr ?? ((line, params) => logError(`fastcgi: upstream ${this.name} stderr: ${line}`, { uri: params.REQUEST_URI }));
   }
 
@@ -227,10 +233,10 @@ export class FastCGIClient {
   }
 
   /** @internal a failure worth a log line: the line names the upstream, the error carries the status. */
-  failure(status: 499 | 502 | 503 | 504, message: string, params?: Readonly<Record<string, string>>, log = true): FastCGIUpstreamError {
+  failure(status: 499 | 502 | 503 | 504, message: string, params?: Readonly<Record<string, string>>, log = true, retryable = false): FastCGIUpstreamError {
     const text = `fastcgi: upstream ${this.name}: ${message}`;
     if (log && status !== 499) logError(text, { upstream: this.name, uri: params?.REQUEST_URI });
-    return new FastCGIUpstreamError(status, text, this.name);
+    return new FastCGIUpstreamError(status, text, this.name, retryable);
   }
 
   /** @internal opens a socket to the upstream, with the connect timeout. */
@@ -249,7 +255,8 @@ export class FastCGIClient {
       });
       socket.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(this.failure(connectStatus(err), `cannot connect: ${err.message}`, params));
+        this.onConnectError?.(err);
+        reject(this.failure(connectStatus(err), `cannot connect: ${err.message}`, params, true, true));
       });
     });
   }

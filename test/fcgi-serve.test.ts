@@ -1,0 +1,202 @@
+// `serve` running fcgi/ apps itself: started on first use with a socket handed as fd 0, spread over --fcgi-procs processes, restarted after kill -9, stopped gracefully; and `npm start` serving the same handler both ways.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startServe, type RunningServer } from '../src/commands/serve.ts';
+import { childPids, makeTempDir, startProcess, stop, type TempDir } from '../src/peers/index.ts';
+
+const repoRoot = path.resolve(import.meta.dirname, '..');
+
+/** Every line this process writes to stderr while `fn` runs. */
+async function logged<T>(fn: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
+  const lines: string[] = [];
+  const original = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    lines.push(...String(chunk).split('\n').filter(Boolean));
+    return (original as (...args: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
+  try {
+    return { result: await fn(), lines };
+  } finally {
+    process.stderr.write = original;
+  }
+}
+
+function cmdline(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+let apps: TempDir;
+before(async () => {
+  // An fcgi/ directory of its own: the test app, and one that cannot start.
+  apps = await makeTempDir('fcgi-serve-apps-');
+  fs.writeFileSync(path.join(apps.path, 'upstream.ts'), `export { default } from ${JSON.stringify(path.join(repoRoot, 'test/fixtures/apps/client-upstream.ts'))};\n`);
+  fs.writeFileSync(path.join(apps.path, 'broken.ts'), `throw new Error('this app is broken on purpose');\n`);
+});
+after(async () => {
+  await apps?.cleanup();
+});
+
+async function serve(procs: number): Promise<RunningServer> {
+  return startServe({ port: 0, host: '127.0.0.1', cgiDir: path.join(repoRoot, 'cgi-bin'), timeout: 10, maxBody: 64 * 1024 * 1024, maxScripts: 8, fcgiDir: apps.path, fcgiProcs: procs });
+}
+
+describe('npm start', () => {
+  test('serves /cgi-bin/hello.ts (a process per request) and /fcgi/hello (persistent) with the same body; the app starts on first use and stops with serve', async () => {
+    // What `npm start` runs, from the repository root.
+    const proc = await startProcess({ name: 'cgi-runner serve', command: process.execPath, args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0'], cwd: repoRoot });
+    try {
+      const deadline = Date.now() + 20_000;
+      let base: string | undefined;
+      while (!(base = /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1])) {
+        assert.ok(Date.now() < deadline, `serve did not start: ${proc.outputTail()}`);
+        await sleep(50);
+      }
+      assert.match(proc.stdout(), /serving the apps of .*\/fcgi at http:\/\/.*\/fcgi\/NAME/);
+      const appProcesses = () => childPids(proc.pid).filter((pid) => / fcgi --app .*fcgi\/hello\.ts/.test(cmdline(pid)));
+      assert.deepEqual(appProcesses(), [], 'no app process before the first request');
+
+      const cgi = await fetch(`${base}/cgi-bin/hello.ts`);
+      const fcgi = await fetch(`${base}/fcgi/hello`);
+      assert.equal(cgi.status, 200);
+      assert.equal(fcgi.status, 200);
+      assert.equal(cgi.headers.get('content-type'), fcgi.headers.get('content-type'));
+      const [cgiBody, fcgiBody] = [await cgi.text(), await fcgi.text()];
+      assert.equal(cgiBody, 'hello\n');
+      assert.equal(fcgiBody, cgiBody);
+      const [app] = appProcesses();
+      assert.ok(app, 'the first /fcgi/hello request started the app process');
+      // The same process answers again: it is persistent.
+      assert.equal(await (await fetch(`${base}/fcgi/hello`)).text(), 'hello\n');
+      assert.deepEqual(appProcesses(), [app]);
+
+      process.kill(proc.pid, 'SIGINT');
+      // The launcher does not hold the event loop for its children: something must while waiting.
+      const keepAlive = setInterval(() => {}, 1000);
+      const status = await proc.exited.finally(() => clearInterval(keepAlive));
+      assert.equal(status.code, 0, proc.outputTail());
+      assert.equal(alive(app), false, 'the app process stopped with serve');
+      assert.match(proc.stderr(), /fcgi\/hello\[\d+\]: .*fcgi: SIGTERM received, finishing in-flight requests/);
+    } finally {
+      await stop(proc, 'SIGKILL', 1000);
+    }
+  });
+});
+
+describe('the process manager', () => {
+  test('--fcgi-procs 2: both start on first use and share the requests; path and query reach the app; a body streams through', async () => {
+    const running = await serve(2);
+    try {
+      const base = `http://127.0.0.1:${running.port}`;
+      assert.deepEqual(running.fastcgi.manager.pids(), {});
+      const env = (await (await fetch(`${base}/fcgi/upstream/more/env?x=1&y=%20`)).json()) as { params: Record<string, string>; url: string };
+      assert.equal(env.params.SCRIPT_NAME, '/fcgi/upstream');
+      assert.equal(env.params.PATH_INFO, '/more/env');
+      assert.equal(env.params.QUERY_STRING, 'x=1&y=%20');
+      assert.equal(env.params.SCRIPT_FILENAME, path.join(apps.path, 'upstream.ts'));
+      assert.equal(env.url, `${base}/fcgi/upstream/more/env?x=1&y=%20`);
+      const pids = running.fastcgi.manager.pids()['fcgi/upstream']!;
+      assert.equal(pids.length, 2);
+
+      const answers = await Promise.all(Array.from({ length: 8 }, async () => Number(await (await fetch(`${base}/fcgi/upstream/slowpid?ms=150`)).text())));
+      assert.deepEqual([...new Set(answers)].sort(), [...pids].sort(), 'the least busy process takes each request');
+
+      const upload = Buffer.alloc(3 * 1024 * 1024, 7);
+      const echo = await fetch(`${base}/fcgi/upstream/echo`, { method: 'POST', body: upload });
+      assert.deepEqual(await echo.json(), { size: upload.length, sha256: createHash('sha256').update(upload).digest('hex') });
+      assert.equal((await fetch(`${base}/fcgi/nothing-here`)).status, 404);
+      assert.equal((await fetch(`${base}/fcgi/upstream/../../cgi-bin/x`)).status, 404);
+    } finally {
+      await running.stop(5000);
+    }
+  });
+
+  test('kill -9 of the app process during load: requests in flight get 502, every later one succeeds once it is restarted', async () => {
+    const running = await serve(1);
+    try {
+      const base = `http://127.0.0.1:${running.port}`;
+      const first = Number(await (await fetch(`${base}/fcgi/upstream/pid`)).text());
+      const results: Array<{ start: number; end: number; status: number; pid: number }> = [];
+      let killedAt = 0;
+      const { lines } = await logged(async () => {
+        const until = performance.now() + 3000;
+        const worker = async () => {
+          while (performance.now() < until) {
+            const start = performance.now();
+            const response = await fetch(`${base}/fcgi/upstream/slowpid?ms=20`);
+            const text = await response.text();
+            results.push({ start, end: performance.now(), status: response.status, pid: response.status === 200 ? Number(text) : 0 });
+          }
+        };
+        const load = Promise.all(Array.from({ length: 8 }, worker));
+        await sleep(700);
+        killedAt = performance.now();
+        process.kill(first, 'SIGKILL');
+        await load;
+      });
+      const before = results.filter((r) => r.end < killedAt);
+      const during = results.filter((r) => r.start < killedAt && r.end >= killedAt);
+      const later = results.filter((r) => r.start >= killedAt);
+      assert.ok(before.length > 10 && before.every((r) => r.status === 200 && r.pid === first));
+      assert.ok(during.every((r) => r.status === 200 || r.status === 502), JSON.stringify(during));
+      assert.ok(later.length > 10);
+      assert.deepEqual(later.filter((r) => r.status !== 200), [], 'every request after the kill succeeded');
+      const restarted = running.fastcgi.manager.pids()['fcgi/upstream']!;
+      assert.equal(restarted.length, 1);
+      assert.notEqual(restarted[0], first);
+      assert.ok(later.every((r) => r.pid === restarted[0]));
+      assert.ok(lines.some((l) => l.includes('fastcgi: fcgi/upstream: process killed by SIGKILL; restarting in 100 ms')), lines.join('\n'));
+    } finally {
+      await running.stop(5000);
+    }
+  });
+
+  test('an app that fails to start: 503 with the reason', async () => {
+    const running = await serve(1);
+    try {
+      const { result, lines } = await logged(async () => {
+        const response = await fetch(`http://127.0.0.1:${running.port}/fcgi/broken`);
+        return { status: response.status, body: await response.text() };
+      });
+      assert.equal(result.status, 503);
+      assert.match(result.body, /fcgi\/broken: unavailable: the process ended before it was ready \(exit status 1\): .*this app is broken on purpose/);
+      assert.ok(lines.some((l) => /fastcgi: fcgi\/broken: unavailable: .*broken on purpose/.test(l)), lines.join('\n'));
+      // Right after, within the backoff, the answer is the same without another attempt.
+      const again = await fetch(`http://127.0.0.1:${running.port}/fcgi/broken`);
+      assert.equal(again.status, 503);
+      assert.match(await again.text(), /broken on purpose/);
+    } finally {
+      await running.stop(5000);
+    }
+  });
+
+  test('stopping serve lets in-flight requests finish, then stops the app processes', async () => {
+    const running = await serve(1);
+    const base = `http://127.0.0.1:${running.port}`;
+    const pid = Number(await (await fetch(`${base}/fcgi/upstream/pid`)).text());
+    const slow = fetch(`${base}/fcgi/upstream/slowpid?ms=800`).then(async (r) => ({ status: r.status, body: await r.text() }));
+    await sleep(200);
+    const t0 = Date.now();
+    await running.stop(5000);
+    assert.deepEqual(await slow, { status: 200, body: `${pid}\n` });
+    assert.ok(Date.now() - t0 >= 500, 'stop waited for the request in flight');
+    assert.equal(alive(pid), false, 'the app process is gone');
+    assert.deepEqual(running.fastcgi.manager.pids(), { 'fcgi/upstream': [] });
+  });
+});
