@@ -55,7 +55,6 @@ class Script:
 scripts = {}  # id -> Script
 by_pid = {}  # pid -> Script
 out = []  # frames for the runner (headers and payloads), written with one writev per turn of the loop
-out_size = 0
 sel = selectors.DefaultSelector()
 devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 # Dispositions set to "ignore" survive exec (Python ignores SIGPIPE and SIGXFSZ, we ignore SIGINT):
@@ -65,20 +64,17 @@ child_exited = False
 
 
 def emit(kind, sid, payload=b''):
-    global out_size
     out.append(HEADER.pack(kind, sid, len(payload)))
     if payload:
         out.append(payload)
-    out_size += HEADER.size + len(payload)
 
 
 def flush():
     # Blocking writes: the runner always reads this pipe, so this only waits for its event loop.
     # writev sends headers and payloads as they are, without copying them into one buffer.
-    global out, out_size
+    global out
     buffers = out
     out = []
-    out_size = 0
     while buffers:
         try:
             n = os.writev(1, buffers[:512])
@@ -373,7 +369,7 @@ def adopted():
 def shutdown(*_args):
     """The runner is gone: TERM every script's group and every adopted orphan, then KILL what is left."""
     import time
-    groups = [s.pid for s in scripts.values() if not s.exited] + [s.pid for s in scripts.values() if s.exited]
+    groups = [s.pid for s in scripts.values() if s.pid]
     def signal_all(sig):
         for pgid in groups:
             try:

@@ -38,7 +38,7 @@ export interface ScriptProcess {
   readonly exited: Promise<ScriptExit>;
   /** Stderr bytes as they arrive, then null when stderr is closed. Set right after spawn(). */
   onStderr: ((chunk: Buffer | null) => void) | null;
-  /** Signals the script's whole process group. Queued if the pid is not known yet. */
+  /** Signals the script's whole process group (also before its pid is known here). */
   killGroup(signal: NodeJS.Signals): void;
 }
 
@@ -47,7 +47,7 @@ export interface Spawner {
   /** The pids of the helpers (the parents of the scripts); empty without helpers. */
   readonly pids: number[];
   spawn(request: SpawnRequest): ScriptProcess;
-  /** Kills every script still running and stops the helper. */
+  /** Kills every script still running and stops the helpers. */
   close(): Promise<void>;
 }
 
@@ -76,8 +76,8 @@ export function groupAlive(pgid: number): boolean {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The helper: one Python process starts every script with posix_spawn and relays its stdio over
-// the helper's own stdin and stdout (protocol in spawner.py). Per request the runner opens no file
+// The helpers: Python processes that start scripts with posix_spawn and relay their stdio over the
+// helper's own stdin and stdout (protocol in spawner.py). Per request the runner opens no file
 // descriptor and makes no syscall of its own: frames ride on one pipe, batched per event-loop turn.
 
 /** Stdout bytes the helper may relay before the runner acknowledges them (matches spawner.py). */
@@ -226,6 +226,7 @@ class HelperSpawner {
       await new Promise<void>((resolve, reject) => {
         const onData = (chunk: Buffer) => {
           child.stdout!.off('data', onData);
+          child.stdout!.pause();
           if (chunk.length >= frameHeader && chunk[0] === 0x52 /* R */) {
             if (chunk.length > frameHeader) child.stdout!.unshift(chunk.subarray(frameHeader));
             resolve();
@@ -245,9 +246,10 @@ class HelperSpawner {
     child.removeAllListeners('error');
     const spawner = new HelperSpawner(child);
     spawner.events.on('data', (chunk: Buffer) => spawner.onEvents(chunk));
+    spawner.events.resume();
     spawner.control.on('error', () => {});
     child.once('exit', (code, signal) => spawner.onHelperExit(`the spawner helper exited (${signal ?? `code ${code}`})`));
-    // The helper keeps the runner alive only while scripts run (see track/untrack).
+    // The helper keeps the runner alive only while scripts run (see spawn() and forget()).
     child.unref();
     spawner.events.unref();
     spawner.control.unref();
