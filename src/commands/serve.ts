@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { intFlag, type Command } from '../command.ts';
+import { intFlag, optionalIntFlag, type Command } from '../command.ts';
 import { CgiHost } from '../cgi/host.ts';
 import { scriptDirectory } from '../cgi/resolve.ts';
 import type { SpawnerKind } from '../cgi/spawner.ts';
@@ -20,6 +20,12 @@ export interface ServeOptions {
   timeout: number;
   maxBody: number;
   maxScripts: number;
+  /** Requests waiting for a script slot; more get 503 at once. Default 8 × maxScripts. */
+  queue?: number;
+  /** Seconds a client may take to send its request head (slowloris). Default 20. */
+  headerTimeout?: number;
+  /** Largest request head in bytes; larger gets 431. Default 16384. */
+  maxHeaderSize?: number;
   passAuth?: boolean;
   followSymlinks?: boolean;
   isindexArgs?: boolean;
@@ -63,6 +69,7 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
   const scripts = scriptDirectory(options.cgiDir, '/cgi-bin', options.followSymlinks);
   const host = await CgiHost.start({
     maxScripts: options.maxScripts,
+    queueLimit: options.queue,
     timeoutMs: options.timeout * 1000,
     killGraceMs: (options.killGrace ?? 2) * 1000,
     spawner: options.spawner,
@@ -78,6 +85,8 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
     passAuth: options.passAuth,
   });
   const front = createHttpFront({
+    headersTimeoutMs: (options.headerTimeout ?? 20) * 1000,
+    maxHeaderSize: options.maxHeaderSize,
     routes: [
       ...fastcgi.routes,
       cgiRoute({
@@ -133,6 +142,9 @@ export const serveCommand: Command = {
     timeout: { type: 'string', valueName: 'SECONDS', default: '30', description: 'kill a script (and its process group) still running after this' },
     'max-body': { type: 'string', valueName: 'BYTES', default: String(1024 * 1024 * 1024), description: 'larger request bodies get 413' },
     'max-scripts': { type: 'string', valueName: 'N', default: String(defaultMaxScripts), description: 'scripts running at once; more requests wait in a bounded queue, then get 503' },
+    queue: { type: 'string', valueName: 'N', description: 'requests waiting for a script slot (up to --timeout); more get 503 at once (default: 8 × --max-scripts)' },
+    'header-timeout': { type: 'string', valueName: 'SECONDS', default: '20', description: 'a client that has not sent its whole request head by then gets 408 and is cut off (slowloris)' },
+    'max-header-size': { type: 'string', valueName: 'BYTES', default: '16384', description: 'larger request heads (request line and headers) get 431' },
     'pass-auth': { type: 'boolean', description: 'pass the Authorization header to scripts (HTTP_AUTHORIZATION)' },
     'follow-symlinks': { type: 'boolean', description: 'run symlinks whose target is outside --cgi-dir' },
     'isindex-args': { type: 'boolean', description: 'a query without "=" becomes command-line arguments (RFC 3875 §4.4; off: CVE-2012-1823)' },
@@ -149,6 +161,9 @@ export const serveCommand: Command = {
       timeout: intFlag(values, 'timeout', 1),
       maxBody: intFlag(values, 'max-body', 0),
       maxScripts: intFlag(values, 'max-scripts', 1),
+      queue: optionalIntFlag(values, 'queue', 0),
+      headerTimeout: intFlag(values, 'header-timeout', 1),
+      maxHeaderSize: intFlag(values, 'max-header-size', 1024),
       passAuth: values['pass-auth'] === true,
       followSymlinks: values['follow-symlinks'] === true,
       isindexArgs: values['isindex-args'] === true,

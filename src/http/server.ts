@@ -35,6 +35,14 @@ export interface Route {
 
 export interface HttpServerOptions {
   routes: Route[];
+  /**
+   * A client must send its whole request head within this long, or gets 408 and is cut off
+   * (slowloris). No script runs before the head is complete, so a slow client holds no script slot.
+   * Default 20 s.
+   */
+  headersTimeoutMs?: number;
+  /** Largest request head (request line and headers); larger gets 431. Default 16 KiB (Node's). */
+  maxHeaderSize?: number;
 }
 
 export interface HttpFront {
@@ -141,18 +149,31 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
     dispatch();
   };
 
-  const server = http.createServer({ keepAlive: true }, (req, res) => onRequest(req, res, false));
+  const headersTimeout = options.headersTimeoutMs ?? 20_000;
+  const server = http.createServer(
+    {
+      keepAlive: true,
+      maxHeaderSize: options.maxHeaderSize ?? 16 * 1024,
+      headersTimeout,
+      // Node's default for the whole request (head and body), raised if the head alone may take longer.
+      requestTimeout: Math.max(300_000, headersTimeout),
+      // Node checks both timeouts on this period (default 30 s): a 2 s header timeout should cut at ~2 s.
+      connectionsCheckingInterval: Math.min(1000, Math.max(100, headersTimeout / 4)),
+    },
+    (req, res) => onRequest(req, res, false),
+  );
   // Longer than the idle timeout of the proxies that pool connections to us (nginx's upstream
   // keepalive_timeout and most load balancers: 60 s): with Node's 5 s we would close connections
   // they are about to reuse, which they answer with 502.
   server.keepAliveTimeout = 65_000;
-  server.headersTimeout = 66_000;
+  // (The header timeout runs from a request's first byte, not over an idle keep-alive connection,
+  // so it may be shorter than this.)
   // With a listener, Node leaves `Expect: 100-continue` to us: a body that will be refused is
   // then refused before the client sends it.
   server.on('checkContinue', (req, res) => onRequest(req, res, true));
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (err.code === 'ECONNRESET' || !socket.writable) return socket.destroy();
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     socket.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
   });
 
