@@ -11,7 +11,7 @@ import { formatClock, Progress } from '../bench/progress.ts';
 import { headline, terminalTable, type BenchReport, type MachineInfo } from '../bench/report.ts';
 import { planSchedule, runRounds } from '../bench/rounds.ts';
 import { startStack } from '../bench/stack.ts';
-import { selectTargets, targetNames, TARGETS } from '../bench/targets.ts';
+import { selectTargets, TARGETS } from '../bench/targets.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -62,7 +62,7 @@ export const benchCommand: Command = {
   name: 'bench',
   summary: 'Latency benchmark: CGI (a process per request) against FastCGI (a persistent responder), side by side, against nginx + php-fpm, fcgiwrap, Apache mod_cgid and plain node:http. Starts everything it measures on loopback and free ports, and stops it all afterwards.',
   details: [
-    `targets: ${targetNames().join(', ')}`,
+    'targets:',
     ...TARGETS.map((t) => `  ${t.name.padEnd(17)} ${t.mode.padEnd(8)} ${t.description}`),
     '',
     'Each target and connection count is measured for --duration seconds in total, split into up to 3',
