@@ -10,6 +10,7 @@ import type { SpawnerKind } from '../cgi/spawner.ts';
 import { cgiRoute } from '../http/cgi-route.ts';
 import { createFastCGIRoutes, type FastCGIRoutes } from '../http/fcgi-route.ts';
 import { createHttpFront, type HttpFront } from '../http/server.ts';
+import { setSpoolBase } from '../http/spool.ts';
 import { logError, logInfo } from '../log.ts';
 
 export interface ServeOptions {
@@ -26,6 +27,8 @@ export interface ServeOptions {
   headerTimeout?: number;
   /** Largest request head in bytes; larger gets 431. Default 16384. */
   maxHeaderSize?: number;
+  /** Where chunked request bodies over 1 MiB are spooled. Default: the system temporary directory. */
+  spoolDir?: string;
   passAuth?: boolean;
   followSymlinks?: boolean;
   isindexArgs?: boolean;
@@ -67,6 +70,7 @@ const packageVersion = (() => {
 
 export async function startServe(options: ServeOptions): Promise<RunningServer> {
   const scripts = scriptDirectory(options.cgiDir, '/cgi-bin', options.followSymlinks);
+  setSpoolBase(options.spoolDir);
   const host = await CgiHost.start({
     maxScripts: options.maxScripts,
     queueLimit: options.queue,
@@ -145,6 +149,7 @@ export const serveCommand: Command = {
     queue: { type: 'string', valueName: 'N', description: 'requests waiting for a script slot (up to --timeout); more get 503 at once (default: 8 × --max-scripts)' },
     'header-timeout': { type: 'string', valueName: 'SECONDS', default: '20', description: 'a client that has not sent its whole request head by then gets 408 and is cut off (slowloris)' },
     'max-header-size': { type: 'string', valueName: 'BYTES', default: '16384', description: 'larger request heads (request line and headers) get 431' },
+    'spool-dir': { type: 'string', valueName: 'DIR', description: 'where chunked request bodies over 1 MiB wait for their script (default: the system temporary directory); when it is full, 507' },
     'pass-auth': { type: 'boolean', description: 'pass the Authorization header to scripts (HTTP_AUTHORIZATION)' },
     'follow-symlinks': { type: 'boolean', description: 'run symlinks whose target is outside --cgi-dir' },
     'isindex-args': { type: 'boolean', description: 'a query without "=" becomes command-line arguments (RFC 3875 §4.4; off: CVE-2012-1823)' },
@@ -164,6 +169,7 @@ export const serveCommand: Command = {
       queue: optionalIntFlag(values, 'queue', 0),
       headerTimeout: intFlag(values, 'header-timeout', 1),
       maxHeaderSize: intFlag(values, 'max-header-size', 1024),
+      spoolDir: values['spool-dir'] as string | undefined,
       passAuth: values['pass-auth'] === true,
       followSymlinks: values['follow-symlinks'] === true,
       isindexArgs: values['isindex-args'] === true,

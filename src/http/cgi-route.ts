@@ -68,6 +68,7 @@ export function cgiRoute(options: CgiRouteOptions): Route {
           if (!spooled.ok) {
             spooled.cleanup();
             if (spooled.reason === 'too-large') return refuseBody(request);
+            if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
             return; // the client went away
           }
           contentLength = spooled.body.length;
@@ -152,6 +153,13 @@ function refuseBody(request: RouteRequest): void {
   // The body stays unread, so the connection cannot carry another request.
   request.res.setHeader('connection', 'close');
   request.error(413);
+}
+
+/** The chunked body could not be spooled (disk full): 507, and the rest of it is not read. */
+export function refuseStorage(request: RouteRequest, error: string | undefined): void {
+  logError(`http: cannot spool the request body: ${error ?? 'write failed'}`, { uri: request.req.url });
+  request.res.setHeader('connection', 'close');
+  request.error(507, 'the request body could not be stored');
 }
 
 function plainAddress(address: string | undefined): string {

@@ -10,6 +10,7 @@ import { FastCGIClient, FastCGIUpstreamError, type FastCGIClientOptions, type Fa
 import { ProcessManager } from '../fastcgi/process-manager.ts';
 import { logError, logInfo } from '../log.ts';
 import type { Route, RouteRequest } from './server.ts';
+import { refuseStorage } from './cgi-route.ts';
 import { spoolBody } from './spool.ts';
 
 // Hop-by-hop fields describe one connection; Node frames the response itself.
@@ -57,6 +58,7 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
       if (!spooled.ok) {
         spooled.cleanup();
         if (spooled.reason === 'too-large') return refuseBody(request);
+        if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
         return;
       }
       contentLength = spooled.body.length;

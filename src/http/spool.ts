@@ -12,15 +12,23 @@ export interface SpooledBody {
   cleanup(): void;
 }
 
-export type SpoolResult = { ok: true; body: SpooledBody } | { ok: false; reason: 'too-large' | 'aborted'; cleanup(): void };
+/** too-large: over maxBytes; aborted: the client went away; storage: the file could not be written (disk full). */
+export type SpoolResult = { ok: true; body: SpooledBody } | { ok: false; reason: 'too-large' | 'aborted' | 'storage'; error?: string; cleanup(): void };
 
 let spoolDir: string | undefined;
+let spoolBase: string | undefined;
 let fileCounter = 0;
+
+/** Where spooled bodies go (`serve --spool-dir`); default the system temporary directory. */
+export function setSpoolBase(dir: string | undefined): void {
+  spoolBase = dir;
+  spoolDir = undefined;
+}
 
 /** A directory only this process can enter, removed when it exits. */
 function spoolDirectory(): string {
   if (!spoolDir) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-runner-body-'));
+    const dir = fs.mkdtempSync(path.join(spoolBase ?? os.tmpdir(), 'cgi-runner-body-'));
     spoolDir = dir;
     process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   }
@@ -51,10 +59,10 @@ export function spoolBody(source: Readable, maxBytes: number, memoryBytes: numbe
       source.off('close', onClose);
       resolve(result);
     };
-    const fail = (reason: 'too-large' | 'aborted') => {
+    const fail = (reason: 'too-large' | 'aborted' | 'storage', error?: Error) => {
       out?.destroy();
       removeFile();
-      finish({ ok: false, reason, cleanup: removeFile });
+      finish({ ok: false, reason, error: error?.message, cleanup: removeFile });
     };
     const onData = (chunk: Buffer) => {
       length += chunk.length;
@@ -71,9 +79,18 @@ export function spoolBody(source: Readable, maxBytes: number, memoryBytes: numbe
       }
       chunks.push(chunk);
       if (length > memoryBytes) {
-        file = path.join(spoolDirectory(), `${process.pid}-${++fileCounter}`);
+        try {
+          file = path.join(spoolDirectory(), `${process.pid}-${++fileCounter}`);
+        } catch (err) {
+          source.pause();
+          return fail('storage', err as Error);
+        }
         out = fs.createWriteStream(file, { mode: 0o600 });
-        out.on('error', () => fail('aborted'));
+        // ENOSPC, EDQUOT, EIO: the body cannot be kept, which the client is told (507), not left waiting.
+        out.on('error', (err) => {
+          source.pause();
+          fail('storage', err);
+        });
         for (const c of chunks.splice(0)) out.write(c);
       }
     };
