@@ -351,7 +351,7 @@ export class FastCGIClient {
 
   /** @internal queues an exchange for a slot (a fresh connection for a retry). */
   enqueue(exchange: Exchange, fresh = false): void {
-    if (this.closed) return exchange.fail(this.failure(503, 'the client is closed', exchange.params));
+    if (this.closed) return exchange.fail(this.failure(503, 'the client is closed', exchange.params, false, true));
     const slot = this.waiters.length === 0 ? this.findSlot(fresh) : null;
     if (slot) return slot.add(exchange);
     if (this.waiters.length >= this.settings.queueLimit) {
@@ -453,7 +453,7 @@ export class FastCGIClient {
     this.closed = true;
     for (const waiter of this.waiters.splice(0)) {
       clearTimeout(waiter.timer);
-      waiter.exchange.fail(this.failure(503, 'the client is closed', waiter.exchange.params, false));
+      waiter.exchange.fail(this.failure(503, 'the client is closed', waiter.exchange.params, false, true));
     }
     for (const connection of [...this.connections]) connection.destroy(this.failure(502, 'the client is closed', undefined, false));
   }
@@ -914,6 +914,7 @@ class Exchange {
       this.client.enqueue(this, true);
       return;
     }
+    if (error && !this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
     this.fail(error ?? this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params), false);
   }
 

@@ -103,7 +103,7 @@ export class ProcessManager {
     return this.pool(file, name).pick();
   }
 
-  /** Pids of the running processes of each app, by name. */
+  /** Pids of the processes of each app that are ready for requests, by name. */
   pids(): Record<string, number[]> {
     const out: Record<string, number[]> = {};
     for (const pool of this.pools.values()) out[pool.name] = pool.pids();
@@ -203,7 +203,7 @@ class AppPool {
   }
 
   pids(): number[] {
-    return this.slots.filter((slot) => slot.state === 'ready' || slot.state === 'starting').map((slot) => slot.pid!).filter(Boolean);
+    return this.slots.filter((slot) => slot.state === 'ready').map((slot) => slot.pid!);
   }
 
   async stop(deadlineMs: number): Promise<void> {
