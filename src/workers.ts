@@ -13,6 +13,11 @@ export interface PrimaryOptions {
  * socket through the primary. The primary holds no app code, so it cannot crash with the app.
  */
 export function runPrimary(options: PrimaryOptions): Promise<number> {
+  // Each worker accepts on the shared socket itself. With Node's default round-robin, the primary
+  // accepts and hands each connection to a worker; a worker killed (SIGKILL, OOM) while a hand-off
+  // is in flight leaves that connection open in the primary with nobody to serve or close it, and
+  // the web server waits for its read timeout. Unless the operator chose otherwise.
+  if (!process.env.NODE_CLUSTER_SCHED_POLICY) cluster.schedulingPolicy = cluster.SCHED_NONE;
   let stopping = false;
   let restartDelay = 100;
   const retiring = new Set<Worker>();

@@ -48,6 +48,11 @@ export interface MixedLoadResult {
   rps: number;
   /** Request and response body bytes moved. */
   bytes: number;
+  /**
+   * Requests sent again because the kept-alive connection they went out on was closed by the server
+   * before any answer (the keep-alive race every HTTP client meets, which browsers resolve the same way).
+   */
+  retried: number;
   latency: LatencySummary;
   /** Error samples (kind: detail), at most 20. */
   samples: string[];
@@ -83,6 +88,7 @@ export async function runMixedLoad(options: MixedLoadOptions): Promise<MixedLoad
   let expectedFailures = 0;
   let bytes = 0;
   let counter = 0;
+  let retried = 0;
 
   const pick = (): RequestKind => {
     let r = Math.random() * total;
@@ -100,7 +106,7 @@ export async function runMixedLoad(options: MixedLoadOptions): Promise<MixedLoad
     if (samples.length < 20) samples.push(`${kind}: ${what}: ${detail}`);
   };
 
-  const one = (kind: RequestKind): Promise<void> => {
+  const one = (kind: RequestKind, retry = false): Promise<void> => {
     const n = counter++;
     let path: string;
     let method = 'GET';
@@ -152,7 +158,9 @@ export async function runMixedLoad(options: MixedLoadOptions): Promise<MixedLoad
         headers['content-type'] = 'application/octet-stream';
         headers['content-length'] = body.length;
       }
+      let answered = false;
       const req = http.request({ agent, host: base.hostname, port: base.port || 80, method, path: prefix + path, headers }, (res) => {
+        answered = true;
         const parts: Buffer[] = [];
         res.on('data', (c: Buffer) => parts.push(c));
         res.once('error', (err: NodeJS.ErrnoException) => done([err.code ?? 'response error', err.message]));
@@ -172,7 +180,17 @@ export async function runMixedLoad(options: MixedLoadOptions): Promise<MixedLoad
         });
       });
       req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'timeout' })));
-      req.once('error', (err: NodeJS.ErrnoException) => done([err.code ?? 'request error', err.message]));
+      req.once('error', (err: NodeJS.ErrnoException) => {
+        // A reused connection closed before any answer: the server never saw the request (RFC 9112 §9.3.1).
+        if (!settled && !retry && req.reusedSocket && !answered && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
+          settled = true;
+          retried++;
+          counter--;
+          void one(kind, true).then(resolve);
+          return;
+        }
+        done([err.code ?? 'request error', `${err.message}${req.reusedSocket ? ' (reused connection' + (retry ? ', sent again' : '') + ')' : ''}`]);
+      });
       req.end(body);
     });
   };
@@ -201,6 +219,7 @@ export async function runMixedLoad(options: MixedLoadOptions): Promise<MixedLoad
     elapsedMs,
     rps: (requests - errors) / (elapsedMs / 1000),
     bytes,
+    retried,
     latency: latency.summary(),
     samples,
   };
