@@ -3,11 +3,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readAllStats, clockTicksPerSecond } from '../bench/proc-stats.ts';
 import { processGroupMembers } from '../peers/index.ts';
 import { runMixedLoad, type MixedLoadResult, type RequestKind } from './mixed-load.ts';
-import { ProcessWatcher, countFds, descendants, type WatchSummary } from './stats.ts';
-import { readCmdline, startCgiStack, startFcgiStack, type SoakStack } from './stack.ts';
+import { MachineWatcher, ProcessWatcher, countFds, descendants, type WatchSummary } from './stats.ts';
+import { startCgiStack, startFcgiStack, type SoakStack } from './stack.ts';
 
 export type SoakMode = 'fcgi' | 'cgi';
 
@@ -41,19 +40,10 @@ export interface SoakReport {
   leftovers: number;
   /** Set when the runner exited on its own during the run: how, and the end of its error log. */
   runnerDied?: { exit: string; logTail: string };
-  machine: { cores: number; loadBefore: number[]; loadAfter: number[]; otherBusy: Array<{ command: string; cpuSeconds: number }> };
+  /** The machine during the run: load averages, the share of its CPU that was busy and that this run used, and what else ran. */
+  machine: { cores: number; loadBefore: number[]; loadAfter: number[]; busy: number; ours: number; otherBusy: Array<{ command: string; cpuSeconds: number }> };
   /** Problems found; empty means the run passed. */
   failures: string[];
-}
-
-/** CPU used by processes outside our own trees during the run: what else was running. */
-function cpuByCommand(): Map<string, number> {
-  const byCommand = new Map<string, number>();
-  for (const stat of readAllStats().values()) {
-    const name = readCmdline(stat.pid).trim().slice(0, 100) || `pid ${stat.pid}`;
-    byCommand.set(`${stat.pid} ${name}`, stat.selfTicks);
-  }
-  return byCommand;
 }
 
 export async function runSoak(options: SoakOptions): Promise<SoakReport> {
@@ -62,9 +52,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   const sampleMs = options.sampleMs ?? Math.min(1000, Math.max(100, durationMs / 10));
   const maxRssGrowth = options.maxRssGrowth ?? 0.1;
   const loadBefore = os.loadavg();
-  const cpuBefore = cpuByCommand();
+  const machine = new MachineWatcher();
+  machine.start();
   const stack: SoakStack = mode === 'fcgi' ? await startFcgiStack({ logFile: options.logFile }) : await startCgiStack({ maxScripts: connections, logFile: options.logFile });
-  const ours = new Set<number>([process.pid, stack.runner.pid, ...(stack.nginx ? [stack.nginx.pid] : [])]);
   let report: SoakReport | undefined;
   try {
     const watcher = new ProcessWatcher(stack.watchedPids, () => [stack.runner.pid]);
@@ -104,21 +94,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       if ((settled.children === 0 && settled.zombies === 0) || settled.ms > 10_000) break;
       await sleep(100);
     }
-    for (const pid of stack.watchedPids()) ours.add(pid);
     const pgid = stack.runner.pgid;
     await stack.stop();
     await sleep(200);
     const leftovers = processGroupMembers(pgid).length;
 
-    const cpuAfter = cpuByCommand();
-    const otherBusy: Array<{ command: string; cpuSeconds: number }> = [];
-    for (const [key, ticks] of cpuAfter) {
-      const pid = Number(key.slice(0, key.indexOf(' ')));
-      if (ours.has(pid)) continue;
-      const used = (ticks - (cpuBefore.get(key) ?? 0)) / clockTicksPerSecond();
-      if (used >= Math.max(1, durationMs / 1000 / 100)) otherBusy.push({ command: key, cpuSeconds: Math.round(used) });
-    }
-    otherBusy.sort((a, b) => b.cpuSeconds - a.cpuSeconds);
+    const usage = machine.stop();
 
     const failures: string[] = [];
     if (runnerDied) failures.push(`the runner exited during the run (${runnerDied.exit})`);
@@ -139,11 +120,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       settled,
       leftovers,
       runnerDied,
-      machine: { cores: os.availableParallelism(), loadBefore, loadAfter: os.loadavg(), otherBusy: otherBusy.slice(0, 8) },
+      machine: { cores: os.availableParallelism(), loadBefore, loadAfter: os.loadavg(), busy: usage.busy, ours: usage.ours, otherBusy: usage.others.slice(0, 8) },
       failures,
     };
   } finally {
-    if (!report) await stack.stop().catch(() => {});
+    if (!report) {
+      machine.stop();
+      await stack.stop().catch(() => {});
+    }
   }
   return report;
 }
@@ -166,8 +150,8 @@ export function formatReport(r: SoakReport): string {
     `  RSS        ${(w.rss.baseline / MiB).toFixed(1)} MiB after warm-up, ${(w.rss.final / MiB).toFixed(1)} MiB at the end (${pct(w.rss.growth)}); range ${(w.rss.min / MiB).toFixed(1)}-${(w.rss.max / MiB).toFixed(1)} MiB over ${w.samples} samples`,
     `  fds        ${w.fds.baseline} after warm-up, ${w.fds.final} at the end; range ${w.fds.min}-${w.fds.max}; ${r.settled.fds} when idle`,
     `  processes  zombies lingering ${w.lingeringZombies} (most in one sample ${w.maxZombies}), after the load ${r.settled.zombies}; children left ${r.settled.children} (${r.settled.ms} ms after the load); left after stop ${r.leftovers}`,
-    `  machine    ${r.machine.cores} cores, load average ${r.machine.loadBefore.map((x) => x.toFixed(1)).join(' ')} before, ${r.machine.loadAfter.map((x) => x.toFixed(1)).join(' ')} after`,
-    ...(r.machine.otherBusy.length ? [`  also running: ${r.machine.otherBusy.map((o) => `${o.command.replace(/^\d+ /, '').slice(0, 70)} (${o.cpuSeconds} s CPU)`).join('; ')}`] : []),
+    `  machine    ${r.machine.cores} cores, CPU ${(r.machine.busy * 100).toFixed(0)}% busy (this run ${(r.machine.ours * 100).toFixed(0)}%, others ${Math.max(0, (r.machine.busy - r.machine.ours) * 100).toFixed(0)}%); load average ${r.machine.loadBefore.map((x) => x.toFixed(1)).join(' ')} before, ${r.machine.loadAfter.map((x) => x.toFixed(1)).join(' ')} after`,
+    ...(r.machine.otherBusy.length ? [`  also ran   ${r.machine.otherBusy.map((o) => `${o.command.slice(0, 70)} (${o.cpuSeconds} s CPU)`).join('\n             ')}`] : []),
     ...(r.runnerDied ? [`  runner log ${r.runnerDied.logTail.split('\n').join('\n             ')}`] : []),
     `  verdict    ${r.failures.length ? 'FAIL: ' + r.failures.join('; ') : 'pass'}`,
   ].join('\n');

@@ -1,6 +1,6 @@
 // Watches the server's processes while a soak runs: resident memory, open file descriptors, live children and zombies, from /proc.
 import fs from 'node:fs';
-import { readAllStats, treeOf, type ProcStat } from '../bench/proc-stats.ts';
+import { clockTicksPerSecond, readAllStats, treeOf, type ProcStat } from '../bench/proc-stats.ts';
 
 export interface ProcSample {
   /** Milliseconds since the watcher started. */
@@ -134,4 +134,101 @@ export function summarise(values: number[]): SeriesSummary {
     max: Math.max(...values),
     growth: baseline > 0 ? final / baseline - 1 : 0,
   };
+}
+
+export interface MachineSummary {
+  /** Share of the machine's CPU time that was busy during the run, 0..1. */
+  busy: number;
+  /** Share of the machine's CPU time used by this run's own processes (this one and everything it started). */
+  ours: number;
+  /** Other commands by CPU seconds used during the run, busiest first. */
+  others: Array<{ command: string; cpuSeconds: number }>;
+}
+
+function readCpuTotals(): { busy: number; total: number } {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    const idle = (f[3] ?? 0) + (f[4] ?? 0);
+    return { busy: total - idle, total };
+  } catch {
+    return { busy: 0, total: 0 };
+  }
+}
+
+function commandName(pid: number): string {
+  const cmd = readCmdlineOf(pid).trim();
+  return (cmd || `pid ${pid}`).replace(/\s+/g, ' ').slice(0, 90);
+}
+
+function readCmdlineOf(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * What else the machine did during a run: samples every process periodically and adds up the CPU
+ * time of those outside this process's tree, by command (a process's reaped children count toward
+ * it, so short-lived test processes under a long-lived runner are seen too).
+ */
+export class MachineWatcher {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly first = new Map<string, number>();
+  private readonly last = new Map<string, { ticks: number; command: string }>();
+  private startCpu = readCpuTotals();
+  private startOurs = 0;
+  private endOurs = 0;
+  private endCpu = this.startCpu;
+
+  start(intervalMs = 2000): void {
+    this.startCpu = readCpuTotals();
+    this.startOurs = this.sample(true);
+    this.timer = setInterval(() => this.sample(false), intervalMs);
+    this.timer.unref();
+  }
+
+  private sample(initial: boolean): number {
+    const all = readAllStats();
+    const ours = new Set(treeOf([process.pid], all).map((s) => s.pid));
+    let oursTicks = 0;
+    for (const s of all.values()) {
+      const ticks = s.selfTicks + s.childTicks;
+      if (ours.has(s.pid)) {
+        oursTicks += ticks;
+        continue;
+      }
+      const key = `${s.pid}/${s.startTime}`;
+      // A process first seen after the start began during the run: all its time counts.
+      if (!this.first.has(key)) this.first.set(key, initial ? ticks : 0);
+      const previous = this.last.get(key);
+      this.last.set(key, { ticks: Math.max(ticks, previous?.ticks ?? 0), command: previous?.command ?? commandName(s.pid) });
+    }
+    return oursTicks;
+  }
+
+  stop(): MachineSummary {
+    if (this.timer) clearInterval(this.timer);
+    this.endOurs = this.sample(false);
+    this.endCpu = readCpuTotals();
+    const byCommand = new Map<string, number>();
+    for (const [key, { ticks, command }] of this.last) {
+      const used = ticks - (this.first.get(key) ?? 0);
+      if (used > 0) byCommand.set(command, (byCommand.get(command) ?? 0) + used);
+    }
+    const hz = clockTicksPerSecond();
+    const total = Math.max(1, this.endCpu.total - this.startCpu.total);
+    return {
+      busy: (this.endCpu.busy - this.startCpu.busy) / total,
+      // Our tree's ticks include reaped children (cutime) only once they are reaped: close enough.
+      ours: Math.min(1, Math.max(0, this.endOurs - this.startOurs) / total),
+      others: [...byCommand]
+        .map(([command, ticks]) => ({ command, cpuSeconds: Math.round(ticks / hz) }))
+        .filter((o) => o.cpuSeconds >= 1)
+        .sort((a, b) => b.cpuSeconds - a.cpuSeconds),
+    };
+  }
 }
