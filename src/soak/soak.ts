@@ -106,6 +106,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     if (load.errors > 0) failures.push(`${load.errors} errors: ${JSON.stringify(load.errorKinds)}`);
     if (load.requests === 0) failures.push('no request was answered');
     if (watch.rss.growth > maxRssGrowth) failures.push(`RSS grew ${(watch.rss.growth * 100).toFixed(1)}% after warm-up (at most ${maxRssGrowth * 100}%)`);
+    // Descriptors follow the connections in use, which vary; a leak shows as a level that keeps rising.
+    if (watch.fds.final > watch.fds.baseline * 1.25 + 8) failures.push(`file descriptors rose from ${watch.fds.baseline} to ${watch.fds.final} after warm-up`);
+    if (settled.fds > watch.fds.max) failures.push(`${settled.fds} file descriptors open when idle, more than under load`);
     if (watch.lingeringZombies > 0) failures.push(`${watch.lingeringZombies} zombie sightings that lasted a sample interval`);
     if (settled.zombies > 0) failures.push(`${settled.zombies} zombies after the load`);
     if (settled.children > 0) failures.push(`${settled.children} child processes still running after the load`);
