@@ -5,8 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from '../cgi/response.ts';
-import { startServe, type RunningServer } from '../commands/serve.ts';
-import { setLogFormat } from '../log.ts';
+import { startCgiStack } from '../soak/stack.ts';
 import { checkFor, splitAt, type FuzzOptions, type PropertyResult } from './check.ts';
 
 type Parsed = { head: CgiHead; rest: Buffer } | { error: string };
@@ -135,47 +134,38 @@ export function cgiParserProperties() {
 }
 
 export interface FuzzedServe {
-  readonly server: RunningServer;
+  /** The port `serve` listens on. */
+  readonly port: number;
   readonly casesDir: string;
-  readonly problems: string[];
+  /** Signs of a bug in the runner: it exited, or its HTTP front logged an internal error. */
+  problems(): string[];
   close(): Promise<void>;
 }
 
-/** `serve` in this process over one script, `emit`, which prints the file cases/QUERY_STRING. */
+/** `serve` as a real process over one script, `emit`, which prints the file cases/QUERY_STRING. */
 export async function startFuzzedServe(): Promise<FuzzedServe> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-cgi-'));
-  const cgiDir = path.join(root, 'cgi-bin');
   const casesDir = path.join(root, 'cases');
-  fs.mkdirSync(cgiDir);
+  const log = path.join(root, 'serve.log');
   fs.mkdirSync(casesDir);
-  fs.writeFileSync(path.join(cgiDir, 'emit'), `#!/bin/sh\nexec cat "${casesDir}/$QUERY_STRING"\n`, { mode: 0o755 });
-  const problems: string[] = [];
-  const onUncaught = (err: unknown) => problems.push(`uncaught: ${(err as Error)?.stack ?? String(err)}`);
-  process.on('uncaughtException', onUncaught);
-  process.on('unhandledRejection', onUncaught);
-  // The runner logs every 502 with its reason; while fuzzing that is noise.
-  setLogFormat('json');
-  const originalStderr = process.stderr.write.bind(process.stderr);
-  const originalStdout = process.stdout.write.bind(process.stdout);
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
-    // An internal error of the HTTP front is logged as "http: …" with a stack.
-    if (/"message":"http: /.test(text)) problems.push(text.trim());
-    return true;
-  }) as typeof process.stderr.write;
-  process.stdout.write = (() => true) as typeof process.stdout.write;
-  const server = await startServe({ port: 0, host: '127.0.0.1', cgiDir, timeout: 10, maxBody: 1024 * 1024, maxScripts: 8, killGrace: 0.5 });
+  const stack = await startCgiStack({ scripts: { emit: `#!/bin/sh\nexec cat "${casesDir}/$QUERY_STRING"\n` }, args: ['--max-scripts', '8'], logFile: log });
+  let offset = 0;
   return {
-    server,
+    port: Number(new URL(stack.baseUrl).port),
     casesDir,
-    problems,
+    problems() {
+      const found: string[] = [];
+      const exit = stack.runner.exitStatus();
+      if (exit) found.push(`serve exited (${exit.signal ?? `code ${exit.code}`}): ${stack.runner.outputTail(1000)}`);
+      // Every 502 is logged with its reason ("cgi: …"); an internal error of the HTTP front is "http: …" with a stack.
+      const text = fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '';
+      const fresh = text.slice(offset);
+      offset = text.length;
+      for (const line of fresh.split('\n')) if (/^\S+ http: /.test(line) || /uncaught|Unhandled/i.test(line)) found.push(line);
+      return found;
+    },
     async close() {
-      await server.stop(2000);
-      process.off('uncaughtException', onUncaught);
-      process.off('unhandledRejection', onUncaught);
-      process.stderr.write = originalStderr;
-      process.stdout.write = originalStdout;
-      setLogFormat('combined');
+      await stack.stop();
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
@@ -264,9 +254,10 @@ export function cgiServeProperties(target: FuzzedServe) {
   const serveOne = async (output: Buffer) => {
     const name = String(n++);
     fs.writeFileSync(path.join(target.casesDir, name), output);
-    const got = await fetchStrict(target.server.port, `/cgi-bin/emit?${name}`);
+    const got = await fetchStrict(target.port, `/cgi-bin/emit?${name}`);
     fs.rmSync(path.join(target.casesDir, name), { force: true });
-    if (target.problems.length) throw new Error(target.problems.splice(0).join('\n'));
+    const problems = target.problems();
+    if (problems.length) throw new Error(problems.join('\n'));
     checkServed(output, got);
   };
   return {
@@ -291,7 +282,7 @@ export async function fuzzCgi(options: FuzzOptions): Promise<PropertyResult[]> {
     for (const [name, property] of serveProps) results.push(await checkFor('cgi', name, property, { ...options, timeMs: options.timeMs / 2 / serveProps.length }));
     // Still serving after all that.
     fs.writeFileSync(path.join(target.casesDir, 'ok'), 'Content-Type: text/plain\n\nstill here\n');
-    const last = await fetchStrict(target.server.port, '/cgi-bin/emit?ok');
+    const last = await fetchStrict(target.port, '/cgi-bin/emit?ok');
     if (last.status !== 200 || last.body.toString() !== 'still here\n') throw new Error(`serve stopped answering after fuzzing: ${last.status} ${last.error ?? ''}`);
   } finally {
     await target.close();
