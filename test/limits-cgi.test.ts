@@ -66,7 +66,7 @@ describe('the request head', () => {
     assert.equal(statusOf(fits), 200);
   });
 
-  test('slowloris: a head sent a byte at a time is cut off at --header-timeout with a 408, holding no script slot meanwhile', async () => {
+  test('slowloris: a head sent a byte a second is cut off at --header-timeout with a 408, holding no script slot meanwhile', async () => {
     const { port } = await serve(['--header-timeout', '2', '--max-scripts', '1', '--queue', '0']);
     const head = `GET /cgi-bin/hello HTTP/1.1\r\nHost: x\r\nX-Slow: ${'s'.repeat(200)}\r\n\r\n`;
     const socket = net.connect(port, '127.0.0.1');
@@ -77,10 +77,11 @@ describe('the request head', () => {
     const closed = new Promise<void>((resolve) => socket.on('close', () => ((closedAt = Date.now()), resolve())));
     const started = Date.now();
     let sent = 0;
+    socket.write(head[sent++]!);
     const drip = setInterval(() => {
       if (socket.destroyed || sent >= head.length) return clearInterval(drip);
       socket.write(head[sent++]!);
-    }, 100);
+    }, 1000);
     // Meanwhile the only script slot is free: a normal request is served at once.
     await sleep(500);
     const normal = await exchange(port, 'GET /cgi-bin/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
