@@ -183,8 +183,10 @@ export const serveCommand: Command = {
       }
       throw err;
     });
-    process.stdout.write(`cgi-runner: serving ${path.resolve(values['cgi-dir'] as string)} at ${running.url}\n`);
-    if (running.fastcgi.fcgiDir) process.stdout.write(`cgi-runner: serving the apps of ${running.fastcgi.fcgiDir} at ${running.url.replace(/\/cgi-bin\/$/, '/fcgi/')}NAME\n`);
+    // One write, so that whoever waits for the banner sees both lines at once.
+    let banner = `cgi-runner: serving ${path.resolve(values['cgi-dir'] as string)} at ${running.url}\n`;
+    if (running.fastcgi.fcgiDir) banner += `cgi-runner: serving the apps of ${running.fastcgi.fcgiDir} at ${running.url.replace(/\/cgi-bin\/$/, '/fcgi/')}NAME\n`;
+    process.stdout.write(banner);
     logInfo(`cgi: scripts are started by the ${running.host.spawnerKind === 'helper' ? 'spawner helper (python3, posix_spawn)' : 'runner itself (child_process)'}; at most ${running.host.maxScripts} at once`);
     await new Promise<void>((resolve) => {
       let signals = 0;
