@@ -183,7 +183,12 @@ export function headline(results: readonly BenchResult[], rate: number | null = 
   }
   const floor = find(results, 'node-http', low);
   if (floor && viaNginx) {
-    lines.push(`nginx and FastCGI in front of the persistent app add ${formatMs(Math.max(0, viaNginx.latencyMs.p50 - floor.latencyMs.p50))} at the median over a plain node:http server (${formatMs(floor.latencyMs.p50)}).`);
+    const added = viaNginx.latencyMs.p50 - floor.latencyMs.p50;
+    lines.push(
+      added > 0
+        ? `nginx and FastCGI in front of the persistent app add ${formatMs(added)} at the median over a plain node:http server (${formatMs(floor.latencyMs.p50)}).`
+        : `nginx and FastCGI in front of the persistent app measured no slower at the median than a plain node:http server (${formatMs(viaNginx.latencyMs.p50)} against ${formatMs(floor.latencyMs.p50)}): the difference is below this run's noise.`,
+    );
   }
   return lines;
 }
