@@ -69,9 +69,21 @@ function shortCount(n: number): string {
 
 const text = (x: number, y: number, s: string, attrs = '') => `<text x="${x.toFixed(1)}" y="${y.toFixed(1)}" ${attrs}>${escapeHtml(s)}</text>`;
 
-/** The persistent responder whose p50 the CGI rows are measured against. */
-function persistentReference(rows: readonly BenchResult[]): BenchResult | undefined {
-  return rows.find((r) => r.target === 'fcgi-serve') ?? rows.find((r) => r.target === 'fcgi-nginx-unix') ?? rows.find((r) => r.mode === 'fastcgi');
+// The persistent responder behind the same front as each CGI target, so that the gap between the
+// two medians is the process start and not a difference between fronts (serve against nginx).
+const SAME_FRONT: Record<string, string> = {
+  'cgi-sh': 'fcgi-serve',
+  'cgi-mjs': 'fcgi-serve',
+  'cgi-ts': 'fcgi-serve',
+  fcgiwrap: 'fcgi-nginx-unix',
+};
+
+/** The persistent responder a CGI row is measured against: same front when measured, else the fastest FastCGI target. */
+export function persistentReference(row: BenchResult, rows: readonly BenchResult[]): BenchResult | undefined {
+  const same = rows.find((r) => r.target === SAME_FRONT[row.target]);
+  if (same) return same;
+  const fastcgi = rows.filter((r) => r.mode === 'fastcgi');
+  return fastcgi.length ? fastcgi.reduce((a, b) => (b.latencyMs.p50 < a.latencyMs.p50 ? b : a)) : undefined;
 }
 
 /**
@@ -98,7 +110,6 @@ export function latencyChart(rows: readonly BenchResult[], colours: Map<string, 
     parts.push(text(px, height - 14, shortMs(d), 'class="axis" text-anchor="middle"'));
     if (d < x.hi) for (let m = 2; m < 10; m++) parts.push(`<line x1="${x.at(d * m)}" x2="${x.at(d * m)}" y1="${top - 8}" y2="${height - 30}" class="minor"/>`);
   }
-  const reference = persistentReference(sorted);
   sorted.forEach((r, i) => {
     const y = top + i * rowH + rowH / 2;
     const c = colours.get(r.target) ?? '#333';
@@ -106,14 +117,15 @@ export function latencyChart(rows: readonly BenchResult[], colours: Map<string, 
     if (i % 2 === 0) parts.push(`<rect x="0" y="${y - rowH / 2}" width="${width}" height="${rowH}" class="band"/>`);
     parts.push(`<rect x="8" y="${y - 6}" width="12" height="12" fill="${c}" rx="2"/>`);
     parts.push(text(26, y + 4, r.target, 'class="label"'));
-    if (reference && r.mode === 'cgi' && l.p50 > reference.latencyMs.p50) {
+    const reference = r.mode === 'cgi' ? persistentReference(r, sorted) : undefined;
+    if (reference && l.p50 > reference.latencyMs.p50) {
       const from = x.at(reference.latencyMs.p50);
       const to = x.at(l.p50);
       parts.push(`<line x1="${from}" x2="${to}" y1="${y - 11}" y2="${y - 11}" class="bracket"/>`);
       parts.push(`<line x1="${from}" x2="${from}" y1="${y - 14}" y2="${y - 8}" class="bracket-end"/>`);
       // With one connection nothing queues, so the whole gap is the process start; with more it also holds queueing.
-      const what = connections === 1 ? 'process start' : `over ${reference.target}`;
-      parts.push(text((from + to) / 2, y - 14, `+${formatMs(l.p50 - reference.latencyMs.p50)} ${what}`, 'class="note" text-anchor="middle"'));
+      const gap = `+${formatMs(l.p50 - reference.latencyMs.p50)} over ${reference.target}`;
+      parts.push(text((from + to) / 2, y - 14, connections === 1 ? `process start: ${gap}` : gap, 'class="note" text-anchor="middle"'));
     }
     parts.push(`<line x1="${x.at(l.p50)}" x2="${x.at(l.max)}" y1="${y}" y2="${y}" stroke="${c}" stroke-width="2" opacity="0.6"/>`);
     parts.push(`<circle cx="${x.at(l.p90)}" cy="${y}" r="4" fill="${c}"/>`);
@@ -271,7 +283,7 @@ ${escapeHtml(machine.pinning.description)}</p>
 ${lines.length ? `<div class="headline">${lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}</div>` : ''}
 <h2 id="latency">Latency</h2>
 ${legend}
-<p>Each row is a target; the big dot is the median, the bar on the right is the slowest request. The scale is logarithmic: each gridline is ten times the one before. The dashed red brackets show what starting a process for every request adds to the median, against the persistent responder.</p>
+<p>Each row is a target; the big dot is the median, the bar on the right is the slowest request. The scale is logarithmic: each gridline is ten times the one before. The dashed red brackets go from the median of a persistent responder behind the same front (serve for serve's CGI, nginx for fcgiwrap) to the median of the CGI target: at one connection, where nothing queues, that gap is what starting a process for every request costs.</p>
 ${latencyCharts}
 <h2 id="throughput">Throughput</h2>
 <p>Dashed lines are CGI targets. A persistent responder gains from more connections until the server's core is busy; a process per request is bound by process start.</p>
