@@ -171,9 +171,8 @@ function readCmdlineOf(pid: number): string {
 }
 
 /**
- * What else the machine did during a run: samples every process periodically and adds up the CPU
- * time of those outside this process's tree, by command (a process's reaped children count toward
- * it, so short-lived test processes under a long-lived runner are seen too).
+ * What else the machine did during a run: the busy share of all CPUs from /proc/stat, the share of
+ * this process's tree, and, by command, the CPU time of the other processes seen by the samples.
  */
 export class MachineWatcher {
   private timer: NodeJS.Timeout | undefined;
@@ -196,11 +195,14 @@ export class MachineWatcher {
     const ours = new Set(treeOf([process.pid], all).map((s) => s.pid));
     let oursTicks = 0;
     for (const s of all.values()) {
-      const ticks = s.selfTicks + s.childTicks;
       if (ours.has(s.pid)) {
-        oursTicks += ticks;
+        oursTicks += s.selfTicks + s.childTicks;
         continue;
       }
+      // Others by their own time only: a parent's reaped children (cutime) would count them twice,
+      // and init collects every orphan's. Processes shorter than a sample interval are missed here,
+      // but not in the machine's busy share.
+      const ticks = s.selfTicks;
       const key = `${s.pid}/${s.startTime}`;
       // A process first seen after the start began during the run: all its time counts.
       if (!this.first.has(key)) this.first.set(key, initial ? ticks : 0);
