@@ -1,0 +1,115 @@
+// `npm run bench:responder`: one responder process behind nginx against one php-fpm worker and against the same app on plain node:http, in the same run.
+//
+// Each target is measured with wrk at 16 connections through the same nginx, in alternating rounds
+// (A B C A B C …); the median round is reported, and the ratios against the baselines are the
+// headline, since absolute numbers depend on the machine.
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { freePort, startNginx, startPhpFpm, startProcess, stop, stopAll, waitForPort, type ManagedProcess } from '../peers/index.ts';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const { values } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '16' },
+    'access-log': { type: 'boolean', default: false },
+  },
+});
+const duration = Number(values.duration);
+const rounds = Number(values.rounds);
+const connections = Number(values.connections);
+
+interface Sample {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+function toMs(text: string): number {
+  const m = /^([\d.]+)(us|ms|s)$/.exec(text.trim());
+  if (!m) return NaN;
+  const n = Number(m[1]);
+  return m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n;
+}
+
+function wrk(url: string, seconds: number): Sample {
+  const out = spawnSync('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', url], { encoding: 'utf8' });
+  if (out.status !== 0) throw new Error(`bench: wrk failed: ${out.stderr}`);
+  const text = out.stdout;
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
+  const p50 = toMs(/^\s+50%\s+(\S+)/m.exec(text)?.[1] ?? '');
+  const p99 = toMs(/^\s+99%\s+(\S+)/m.exec(text)?.[1] ?? '');
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(text)?.[1] ?? 0);
+  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const errors = non2xx + (socket ? socket.slice(1).reduce((n, v) => n + Number(v), 0) : 0);
+  return { rps, p50Ms: p50, p99Ms: p99, errors };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function main(): Promise<void> {
+  const procs: ManagedProcess[] = [];
+  const fcgiPort = await freePort();
+  const nodePort = await freePort();
+  const node = process.execPath;
+  const responderArgs = ['--import', 'tsx', 'src/cli.ts', 'fcgi', '--listen', `127.0.0.1:${fcgiPort}`, '--app', 'fcgi/hello.ts'];
+  if (!values['access-log']) responderArgs.push('--no-access-log');
+  procs.push(await startProcess({ name: 'responder', command: node, args: responderArgs, cwd: repoRoot, maxOutputBytes: 4096 }));
+  procs.push(await startProcess({ name: 'node-http', command: node, args: ['--import', 'tsx', 'src/bench/http-app.ts', '--app', 'fcgi/hello.ts', '--port', String(nodePort)], cwd: repoRoot }));
+  await waitForPort(fcgiPort, '127.0.0.1', 20_000);
+  await waitForPort(nodePort, '127.0.0.1', 20_000);
+  const assets = path.join(repoRoot, 'src/bench/assets');
+  const fpm = await startPhpFpm({ listen: 'tcp', children: 1, docroot: assets });
+  const hello = path.join(assets, 'hello.php');
+  const nginx = await startNginx({
+    http: `
+      access_log off;
+      upstream responder { server 127.0.0.1:${fcgiPort}; keepalive 32; }
+      upstream nodehttp { server 127.0.0.1:${nodePort}; keepalive 32; }
+      server {
+        listen 127.0.0.1:{{port}};
+        location /responder { include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass responder; }
+        # Without keep_conn, where a single php-fpm worker does best: with it, the worker stays bound
+        # to one idle pooled connection and the others wait.
+        location /php-fpm { include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME ${hello}; fastcgi_pass ${fpm.nginxAddress}; }
+        location /node-http { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://nodehttp; }
+      }`,
+  });
+  const targets = ['responder', 'php-fpm', 'node-http'];
+  const samples = new Map<string, Sample[]>(targets.map((t) => [t, []]));
+  try {
+    for (const t of targets) {
+      const body = await (await fetch(`${nginx.url}/${t}`)).text();
+      if (body !== 'hello\n') throw new Error(`bench: ${t} answered ${JSON.stringify(body)}`);
+      wrk(`${nginx.url}/${t}`, 1); // warm-up: JIT, connection pools
+    }
+    for (let round = 1; round <= rounds; round++) {
+      for (const t of targets) {
+        const s = wrk(`${nginx.url}/${t}`, duration);
+        samples.get(t)!.push(s);
+        process.stderr.write(`round ${round}/${rounds} ${t}: ${s.rps.toFixed(0)} req/s, p99 ${s.p99Ms.toFixed(2)} ms\n`);
+      }
+    }
+  } finally {
+    await nginx.stop();
+    await fpm.stop();
+    for (const p of procs) await stop(p);
+    await stopAll();
+  }
+  const summary = targets.map((t) => {
+    const xs = samples.get(t)!;
+    return { target: t, rps: median(xs.map((x) => x.rps)), p50Ms: median(xs.map((x) => x.p50Ms)), p99Ms: median(xs.map((x) => x.p99Ms)), errors: xs.reduce((n, x) => n + x.errors, 0) };
+  });
+  const get = (t: string) => summary.find((s) => s.target === t)!;
+  console.log(`\n${connections} connections through nginx, wrk -t1, ${rounds} alternating rounds of ${duration} s, medians (load average at the end: ${(await import('node:os')).loadavg()[0].toFixed(2)})`);
+  console.log('target'.padEnd(20) + 'req/s'.padStart(9) + 'p50 ms'.padStart(9) + 'p99 ms'.padStart(9) + 'errors'.padStart(8));
+  for (const s of summary) console.log(s.target.padEnd(20) + s.rps.toFixed(0).padStart(9) + s.p50Ms.toFixed(2).padStart(9) + s.p99Ms.toFixed(2).padStart(9) + String(s.errors).padStart(8));
+  console.log(`\nresponder / one php-fpm worker: ${(get('responder').rps / get('php-fpm').rps).toFixed(2)}x`);
+  console.log(`responder / same app on node:http behind proxy_pass: ${(get('responder').rps / get('node-http').rps).toFixed(2)}x`);
+}
+
+await main();
