@@ -83,7 +83,9 @@ function formatRatio(r: number): string {
   if (!Number.isFinite(r) || r <= 0) return '-';
   if (r >= 100) return `${Math.round(r)}×`;
   if (r >= 10) return `${r.toFixed(1)}×`;
-  return `${r.toFixed(2)}×`;
+  if (r >= 0.01) return `${r.toFixed(2)}×`;
+  // CGI against node:http is a thousandth; "0.00×" would hide it.
+  return `${r.toPrecision(1)}×`;
 }
 
 /** The baseline's result at the same connection count. */
