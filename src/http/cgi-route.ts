@@ -1,14 +1,14 @@
 // The /cgi-bin/ route: turns an HTTP request into a CGI invocation (script, environment, body) for the host, and the script's response back into HTTP (RFC 3875 §6).
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
-import { cgiEnv, CgiEnvError, isindexArgs, type CgiRequestFacts } from '../cgi/env.ts';
+import { isindexArgs } from '../cgi/env.ts';
 import type { CgiHost } from '../cgi/host.ts';
 import type { CgiHead } from '../cgi/response.ts';
 import { resolveScript, type ScriptDirectory } from '../cgi/resolve.ts';
 import { logError } from '../log.ts';
+import { readRequestBody, requestEnv } from './cgi-request.ts';
+import { writeResponseHead } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
-import { spoolBody } from './spool.ts';
 
 export interface CgiRouteOptions {
   host: CgiHost;
@@ -28,9 +28,6 @@ export interface CgiRouteOptions {
   maxRedirects?: number;
 }
 
-// Hop-by-hop fields describe one connection; Node frames the response itself.
-const hopByHop = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-connection', 'te']);
-
 export function cgiRoute(options: CgiRouteOptions): Route {
   const { host, scripts } = options;
   const maxRedirects = options.maxRedirects ?? 10;
@@ -39,7 +36,7 @@ export function cgiRoute(options: CgiRouteOptions): Route {
   return {
     prefix: scripts.prefix,
     async handle(request: RouteRequest) {
-      const { req, res } = request;
+      const { res } = request;
       const target = request.target;
       const q = target.indexOf('?');
       const rawPath = q === -1 ? target : target.slice(0, q);
@@ -50,67 +47,16 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         return request.error(location.status);
       }
 
-      // §4.2: the body, if any (never after a local redirect, which is a GET).
-      let body: Readable | null = null;
-      let contentLength: number | undefined;
-      let cleanup: (() => void) | undefined;
-      if (request.redirects === 0 && requestHasBody(req)) {
-        const declared = req.headers['content-length'];
-        if (declared !== undefined && req.headers['transfer-encoding'] === undefined) {
-          contentLength = Number(declared);
-          if (contentLength > options.maxBody) return refuseBody(request);
-          if (request.expectsContinue) res.writeContinue();
-          if (contentLength > 0) body = req;
-        } else {
-          // Chunked: the script must be told the length (CONTENT_LENGTH), so the body is read first.
-          if (request.expectsContinue) res.writeContinue();
-          const spooled = await spoolBody(req, options.maxBody, spoolMemory);
-          if (!spooled.ok) {
-            spooled.cleanup();
-            if (spooled.reason === 'too-large') return refuseBody(request);
-            if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
-            return; // the client went away
-          }
-          contentLength = spooled.body.length;
-          if (contentLength > 0) body = spooled.body.stream();
-          cleanup = spooled.body.cleanup;
-        }
-      }
-      if (cleanup) res.once('close', cleanup);
-
-      const socket = req.socket;
-      const facts: CgiRequestFacts = {
-        method: request.method,
-        requestUri: target,
-        protocol: `HTTP/${req.httpVersion}`,
-        headers: req.rawHeaders,
-        scriptName: location.scriptName,
-        pathInfo: location.pathInfo,
-        scriptFilename: location.file,
-        documentRoot: options.documentRoot,
-        queryString: query,
-        remoteAddr: plainAddress(socket.remoteAddress),
-        remotePort: socket.remotePort ?? 0,
-        serverAddr: plainAddress(socket.localAddress),
-        serverPort: socket.localPort ?? 0,
-        tls: (socket as TLSSocket).encrypted === true,
-        contentLength,
-        serverSoftware: options.serverSoftware,
-        passAuth: options.passAuth,
-        path: options.path,
-        // After a local redirect, Apache's names for where the request first went.
-        extra: request.redirects > 0 ? redirectVars(req.url ?? '/') : undefined,
-      };
-      let env: Record<string, string>;
-      try {
-        env = cgiEnv(facts);
-      } catch (err) {
-        if (err instanceof CgiEnvError) {
-          body?.resume();
-          return request.error(400);
-        }
-        throw err;
-      }
+      const incoming = await readRequestBody(request, options.maxBody, spoolMemory);
+      if (!incoming) return;
+      const { body } = incoming;
+      const env = requestEnv(
+        request,
+        incoming,
+        { scriptName: location.scriptName, pathInfo: location.pathInfo, scriptFilename: location.file, documentRoot: options.documentRoot, queryString: query },
+        options,
+      );
+      if (!env) return;
       const args = options.isindexArgs ? isindexArgs(query) : [];
       const name = location.name;
       const outcome = await host.run({
@@ -145,53 +91,10 @@ export function cgiRoute(options: CgiRouteOptions): Route {
   };
 }
 
-function requestHasBody(req: IncomingMessage): boolean {
-  return req.headers['transfer-encoding'] !== undefined || req.headers['content-length'] !== undefined;
-}
-
-function refuseBody(request: RouteRequest): void {
-  // The body stays unread, so the connection cannot carry another request.
-  request.res.setHeader('connection', 'close');
-  request.error(413);
-}
-
-/** The chunked body could not be spooled (disk full): 507, and the rest of it is not read. */
-export function refuseStorage(request: RouteRequest, error: string | undefined): void {
-  logError(`http: cannot spool the request body: ${error ?? 'write failed'}`, { uri: request.req.url });
-  request.res.setHeader('connection', 'close');
-  request.error(507, 'the request body could not be stored');
-}
-
-function plainAddress(address: string | undefined): string {
-  if (!address) return '';
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-}
-
-function redirectVars(originalTarget: string): Record<string, string> {
-  const q = originalTarget.indexOf('?');
-  const vars: Record<string, string> = { REDIRECT_URL: q === -1 ? originalTarget : originalTarget.slice(0, q) };
-  if (q !== -1) vars.REDIRECT_QUERY_STRING = originalTarget.slice(q + 1);
-  return vars;
-}
-
 /** Status line and headers from the script's head, then its body as it arrives. */
 function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, scriptName: string): void {
   const { res } = request;
-  const fields: string[] = [];
-  for (const [name, value] of head.headers) {
-    const lower = name.toLowerCase();
-    if (hopByHop.has(lower)) continue;
-    // A Content-Length is kept only when it is a single valid number, and then enforced below.
-    if (lower === 'content-length' && head.contentLength === undefined) continue;
-    fields.push(name, value);
-  }
-  try {
-    res.writeHead(head.status, head.reason, fields);
-  } catch (err) {
-    body.destroy();
-    logError(`cgi: the script's headers cannot be sent: ${(err as Error).message}`, { target: scriptName });
-    return request.error(502);
-  }
+  if (!writeResponseHead(request, head, body, "cgi: the script's headers", scriptName)) return;
   const limit = head.contentLength;
   // Node sends no body for HEAD (and 204/304); the log counts what was sent.
   const counted = request.req.method !== 'HEAD' && head.status !== 204 && head.status !== 304;

@@ -1,20 +1,15 @@
 // The FastCGI routes of `serve`: /fcgi/NAME to the app fcgi/NAME.ts run as a persistent responder process, and `--fcgi-pass PREFIX=ADDRESS` to an external FastCGI server such as php-fpm.
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TLSSocket } from 'node:tls';
-import { cgiEnv, CgiEnvError, type CgiRequestFacts } from '../cgi/env.ts';
 import { decodePath, removeDotSegments } from '../cgi/resolve.ts';
 import { FastCGIClient, FastCGIUpstreamError, type FastCGIClientOptions, type FastCGIResponse } from '../fastcgi/client.ts';
 import { ProcessManager } from '../fastcgi/process-manager.ts';
 import { logError, logInfo } from '../log.ts';
+import { readRequestBody, requestEnv } from './cgi-request.ts';
+import { writeResponseHead } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
-import { refuseStorage } from './cgi-route.ts';
-import { spoolBody } from './spool.ts';
 
-// Hop-by-hop fields describe one connection; Node frames the response itself.
-const hopByHop = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-connection', 'te']);
 const appExtensions = ['.ts', '.mts', '.js', '.mjs'];
 const appName = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 
@@ -40,63 +35,18 @@ interface Target {
 
 /** Sends one HTTP request through FastCGI and the answer back, streaming both ways. */
 async function proxy(request: RouteRequest, common: ProxyCommon, target: Target, query: string): Promise<void> {
-  const { req, res } = request;
-  let body: Readable | null = null;
-  let contentLength: number | undefined;
-  if (request.redirects === 0 && (req.headers['transfer-encoding'] !== undefined || req.headers['content-length'] !== undefined)) {
-    const declared = req.headers['content-length'];
-    if (declared !== undefined && req.headers['transfer-encoding'] === undefined) {
-      contentLength = Number(declared);
-      if (contentLength > common.maxBody) return refuseBody(request);
-      if (request.expectsContinue) res.writeContinue();
-      if (contentLength > 0) body = req;
-    } else {
-      // Chunked: php and CGI-style apps need CONTENT_LENGTH, so the body is read first (as nginx
-      // does with fastcgi_request_buffering on).
-      if (request.expectsContinue) res.writeContinue();
-      const spooled = await spoolBody(req, common.maxBody, 1024 * 1024);
-      if (!spooled.ok) {
-        spooled.cleanup();
-        if (spooled.reason === 'too-large') return refuseBody(request);
-        if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
-        return;
-      }
-      contentLength = spooled.body.length;
-      if (contentLength > 0) body = spooled.body.stream();
-      res.once('close', spooled.body.cleanup);
-    }
-  }
-  const socket = req.socket;
-  const facts: CgiRequestFacts = {
-    method: request.method,
-    requestUri: request.target,
-    protocol: `HTTP/${req.httpVersion}`,
-    headers: req.rawHeaders,
-    scriptName: target.scriptName,
-    pathInfo: target.pathInfo,
-    scriptFilename: target.scriptFilename,
-    documentRoot: target.documentRoot,
-    queryString: query,
-    remoteAddr: plainAddress(socket.remoteAddress),
-    remotePort: socket.remotePort ?? 0,
-    serverAddr: plainAddress(socket.localAddress),
-    serverPort: socket.localPort ?? 0,
-    tls: (socket as TLSSocket).encrypted === true,
-    contentLength,
-    serverSoftware: common.serverSoftware,
-    passAuth: common.passAuth,
-    extra: request.redirects > 0 ? redirectVars(req.url ?? '/') : undefined,
-  };
-  let params: Record<string, string>;
-  try {
-    params = cgiEnv(facts);
-  } catch (err) {
-    if (err instanceof CgiEnvError) {
-      body?.resume();
-      return request.error(400);
-    }
-    throw err;
-  }
+  // php and CGI-style apps need CONTENT_LENGTH, so a chunked body is read first (as nginx does with
+  // fastcgi_request_buffering on).
+  const incoming = await readRequestBody(request, common.maxBody, 1024 * 1024);
+  if (!incoming) return;
+  const { body } = incoming;
+  const params = requestEnv(
+    request,
+    incoming,
+    { scriptName: target.scriptName, pathInfo: target.pathInfo, scriptFilename: target.scriptFilename, documentRoot: target.documentRoot, queryString: query },
+    common,
+  );
+  if (!params) return;
   let response: FastCGIResponse;
   try {
     for (let attempt = 0; ; attempt++) {
@@ -135,20 +85,7 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
 function send(request: RouteRequest, response: FastCGIResponse, scriptName: string): void {
   const { res } = request;
   const { head, body } = response;
-  const fields: string[] = [];
-  for (const [name, value] of head.headers) {
-    const lower = name.toLowerCase();
-    if (hopByHop.has(lower)) continue;
-    if (lower === 'content-length' && head.contentLength === undefined) continue;
-    fields.push(name, value);
-  }
-  try {
-    res.writeHead(head.status, head.reason, fields);
-  } catch (err) {
-    body.destroy();
-    logError(`fastcgi: the response headers cannot be sent: ${(err as Error).message}`, { target: scriptName });
-    return request.error(502);
-  }
+  if (!writeResponseHead(request, head, body, 'fastcgi: the response headers', scriptName)) return;
   const limit = head.contentLength;
   let sent = 0;
   body.on('data', (chunk: Buffer) => {
@@ -174,33 +111,15 @@ function send(request: RouteRequest, response: FastCGIResponse, scriptName: stri
   });
 }
 
-function refuseBody(request: RouteRequest): void {
-  request.res.setHeader('connection', 'close');
-  request.error(413);
-}
-
-function plainAddress(address: string | undefined): string {
-  if (!address) return '';
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-}
-
-function redirectVars(originalTarget: string): Record<string, string> {
-  const q = originalTarget.indexOf('?');
-  const vars: Record<string, string> = { REDIRECT_URL: q === -1 ? originalTarget : originalTarget.slice(0, q) };
-  if (q !== -1) vars.REDIRECT_QUERY_STRING = originalTarget.slice(q + 1);
-  return vars;
-}
-
-function splitTarget(target: string): { rawPath: string; query: string } {
+/**
+ * The request-target's decoded path segments with dot segments removed (RFC 3986 §5.2.4), and its
+ * query; undefined for a malformed path.
+ */
+function parseTarget(target: string): { segments: string[]; query: string } | undefined {
   const q = target.indexOf('?');
-  return { rawPath: q === -1 ? target : target.slice(0, q), query: q === -1 ? '' : target.slice(q + 1) };
-}
-
-/** Decoded path segments with dot segments removed (RFC 3986 §5.2.4), or undefined for a malformed path. */
-function segmentsOf(rawPath: string): string[] | undefined {
-  const decoded = decodePath(rawPath);
+  const decoded = decodePath(q === -1 ? target : target.slice(0, q));
   if (decoded === undefined) return undefined;
-  return removeDotSegments(decoded.replace(/\\/g, '/').split('/'));
+  return { segments: removeDotSegments(decoded.replace(/\\/g, '/').split('/')), query: q === -1 ? '' : target.slice(q + 1) };
 }
 
 /** The file of app NAME in `dir`, trying each extension; undefined when there is none. */
@@ -229,9 +148,9 @@ export function fcgiAppsRoute(options: FcgiAppsRouteOptions): Route {
   return {
     prefix,
     async handle(request) {
-      const { rawPath, query } = splitTarget(request.target);
-      const segments = segmentsOf(rawPath);
-      if (!segments) return request.error(400);
+      const parsed = parseTarget(request.target);
+      if (!parsed) return request.error(400);
+      const { segments, query } = parsed;
       const depth = prefix.split('/').length;
       // After dot removal the path must still be PREFIX/NAME[/...].
       if (segments.slice(0, depth).join('/') !== prefix || segments.length <= depth) return request.error(404);
@@ -293,9 +212,9 @@ export function fcgiPassRoute(options: FcgiPassRouteOptions): Route {
   return {
     prefix,
     async handle(request) {
-      const { rawPath, query } = splitTarget(request.target);
-      const segments = segmentsOf(rawPath);
-      if (!segments) return request.error(400);
+      const parsed = parseTarget(request.target);
+      if (!parsed) return request.error(400);
+      const { segments, query } = parsed;
       const { scriptName, pathInfo } = splitScriptPath(root, segments);
       if (!(scriptName + '/').startsWith(prefix + '/')) return request.error(404);
       return proxy(request, options, { scriptName, pathInfo, scriptFilename: root + scriptName, documentRoot: root, client: async () => options.client }, query);

@@ -1,0 +1,125 @@
+// Turns an HTTP request into what a CGI script or FastCGI app is given: its body (read first when chunked) and its environment (RFC 3875 §4).
+import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { cgiEnv, CgiEnvError } from '../cgi/env.ts';
+import { logError } from '../log.ts';
+import type { RouteRequest } from './server.ts';
+import { spoolBody } from './spool.ts';
+
+/** The request body as the script gets it, and the CONTENT_LENGTH to announce. */
+export interface RequestBody {
+  body: Readable | null;
+  contentLength: number | undefined;
+}
+
+/**
+ * §4.2: the body, if any (never after a local redirect, which is a GET). A chunked body is spooled
+ * first, since the script must be told its length (CONTENT_LENGTH). Undefined when the request has
+ * been answered already (413, 507) or the client went away.
+ */
+export async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemory: number): Promise<RequestBody | undefined> {
+  const { req, res } = request;
+  let body: Readable | null = null;
+  let contentLength: number | undefined;
+  if (request.redirects === 0 && (req.headers['transfer-encoding'] !== undefined || req.headers['content-length'] !== undefined)) {
+    const declared = req.headers['content-length'];
+    if (declared !== undefined && req.headers['transfer-encoding'] === undefined) {
+      contentLength = Number(declared);
+      if (contentLength > maxBody) return refuseBody(request);
+      if (request.expectsContinue) res.writeContinue();
+      if (contentLength > 0) body = req;
+    } else {
+      if (request.expectsContinue) res.writeContinue();
+      const spooled = await spoolBody(req, maxBody, spoolMemory);
+      if (!spooled.ok) {
+        spooled.cleanup();
+        if (spooled.reason === 'too-large') return refuseBody(request);
+        if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
+        return; // the client went away
+      }
+      contentLength = spooled.body.length;
+      if (contentLength > 0) body = spooled.body.stream();
+      res.once('close', spooled.body.cleanup);
+    }
+  }
+  return { body, contentLength };
+}
+
+/** Where the request goes, as CGI variables (§4.1.5, §4.1.13, §4.1.7). */
+export interface ScriptTarget {
+  scriptName: string;
+  pathInfo: string;
+  scriptFilename: string;
+  documentRoot: string;
+  queryString: string;
+}
+
+export interface EnvSettings {
+  serverSoftware: string;
+  passAuth?: boolean;
+  /** PATH given to scripts. */
+  path?: string;
+}
+
+/**
+ * The request's CGI environment; undefined when the request cannot be put into one (it has been
+ * answered with 400 and its body drained).
+ */
+export function requestEnv(request: RouteRequest, incoming: RequestBody, target: ScriptTarget, settings: EnvSettings): Record<string, string> | undefined {
+  const { req } = request;
+  const socket = req.socket;
+  try {
+    return cgiEnv({
+      method: request.method,
+      requestUri: request.target,
+      protocol: `HTTP/${req.httpVersion}`,
+      headers: req.rawHeaders,
+      ...target,
+      remoteAddr: plainAddress(socket.remoteAddress),
+      remotePort: socket.remotePort ?? 0,
+      serverAddr: plainAddress(socket.localAddress),
+      serverPort: socket.localPort ?? 0,
+      tls: (socket as TLSSocket).encrypted === true,
+      contentLength: incoming.contentLength,
+      serverSoftware: settings.serverSoftware,
+      passAuth: settings.passAuth,
+      path: settings.path,
+      // After a local redirect, Apache's names for where the request first went.
+      extra: request.redirects > 0 ? redirectVars(req.url ?? '/') : undefined,
+    });
+  } catch (err) {
+    if (err instanceof CgiEnvError) {
+      incoming.body?.resume();
+      request.error(400);
+      return undefined;
+    }
+    throw err;
+  }
+}
+
+function refuseBody(request: RouteRequest): undefined {
+  // The body stays unread, so the connection cannot carry another request.
+  request.res.setHeader('connection', 'close');
+  request.error(413);
+  return undefined;
+}
+
+/** The chunked body could not be spooled (disk full): 507, and the rest of it is not read. */
+function refuseStorage(request: RouteRequest, error: string | undefined): undefined {
+  logError(`http: cannot spool the request body: ${error ?? 'write failed'}`, { uri: request.req.url });
+  request.res.setHeader('connection', 'close');
+  request.error(507, 'the request body could not be stored');
+  return undefined;
+}
+
+function plainAddress(address: string | undefined): string {
+  if (!address) return '';
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}
+
+function redirectVars(originalTarget: string): Record<string, string> {
+  const q = originalTarget.indexOf('?');
+  const vars: Record<string, string> = { REDIRECT_URL: q === -1 ? originalTarget : originalTarget.slice(0, q) };
+  if (q !== -1) vars.REDIRECT_QUERY_STRING = originalTarget.slice(q + 1);
+  return vars;
+}
