@@ -14,6 +14,7 @@ import { Responder, type ResponderOptions } from '../src/fastcgi/responder.ts';
 import { startResponderServer, type ResponderServer } from '../src/fastcgi/server.ts';
 import { makeTempDir, requirePeer, startPhpFpm, startProcess, stop, waitForPath, waitUntilReady, writeShared, type ManagedProcess, type TempDir } from '../src/peers/index.ts';
 import upstreamApp, { gate, patternByte, seen } from './fixtures/apps/client-upstream.ts';
+import { logged } from './fixtures/log.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '..');
 const appFile = path.join(repoRoot, 'test/fixtures/apps/client-upstream.ts');
@@ -33,21 +34,6 @@ async function text(response: FastCGIResponse): Promise<string> {
   let out = '';
   for await (const chunk of response.body) out += chunk;
   return out;
-}
-
-/** Every line this process writes to stderr while `fn` runs (the client's log lines). */
-async function logged<T>(fn: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
-  const lines: string[] = [];
-  const original = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(...String(chunk).split('\n').filter(Boolean));
-    return (original as (...args: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    return { result: await fn(), lines };
-  } finally {
-    process.stderr.write = original;
-  }
 }
 
 async function rejection(promise: Promise<unknown>): Promise<FastCGIUpstreamError> {

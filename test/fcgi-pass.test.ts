@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
 import { findPeer, makeTempDir, startPhpFpm, writeShared, type PhpFpmServer, type TempDir } from '../src/peers/index.ts';
+import { logged } from './fixtures/log.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '..');
 
@@ -16,21 +17,6 @@ let fpm: PhpFpmServer | undefined;
 let running: RunningServer | undefined;
 let base: string;
 let missing = false;
-
-/** Every line this process writes to stderr while `fn` runs. */
-async function logged<T>(fn: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
-  const lines: string[] = [];
-  const original = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    lines.push(...String(chunk).split('\n').filter(Boolean));
-    return (original as (...args: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stderr.write;
-  try {
-    return { result: await fn(), lines };
-  } finally {
-    process.stderr.write = original;
-  }
-}
 
 before(async () => {
   if (!findPeer('php-fpm')) {
