@@ -28,6 +28,10 @@ import {
 } from './protocol.ts';
 import { decodeEndRequest, encodeBeginRequest, encodeRecord, encodeStream } from './record.ts';
 
+/** Methods that may be sent again after a connection dies before any answer (RFC 9110 §9.2.2). */
+const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+
 export type UpstreamAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 /** Parses `host:port`, `[::1]:port`, `port`, `unix:/path`, `/path` or `./path`. */
@@ -915,6 +919,11 @@ class Exchange {
       return;
     }
     if (error && !this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
+    if (!error && !this.gotRecord && !this.bodyTouched && idempotentMethods.has(this.params.REQUEST_METHOD)) {
+      // Nothing came back and nothing of a body was sent: as nginx's fastcgi_next_upstream does for
+      // idempotent requests, the caller may send it again (to a replacement of a process that died).
+      error = this.client.failure(502, 'closed the connection before the response header', this.params, true, true);
+    }
     this.fail(error ?? this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params), false);
   }
 

@@ -56,9 +56,15 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
         break;
       } catch (err) {
         // An app process that just died refuses connections until its exit is noticed and it is
-        // replaced; nothing was sent, so the request goes to the next process picked.
-        if (!target.retry || !(err instanceof FastCGIUpstreamError) || !err.retryable || attempt >= 2 || request.signal.aborted) throw err;
-        await sleep(10);
+        // replaced; nothing was sent, so the request goes to the next process picked. A bodyless
+        // GET or HEAD that got no answer may also go again, as nginx's fastcgi_next_upstream does:
+        // the replacement takes a moment to start, hence the growing pauses.
+        if (!target.retry || !(err instanceof FastCGIUpstreamError) || request.signal.aborted) throw err;
+        // The connection died, or the process manager closed the client of a process that died, before any answer.
+        const lost = err.status === 502 && (err.message.includes('closed the connection before the response header') || err.message.includes('the client is closed'));
+        const resendable = err.retryable || (lost && body === null && (params.REQUEST_METHOD === 'GET' || params.REQUEST_METHOD === 'HEAD'));
+        if (!resendable || attempt >= 4) throw err;
+        await sleep(10 * 4 ** attempt);
       }
     }
   } catch (err) {
