@@ -28,9 +28,6 @@ import {
 } from './protocol.ts';
 import { decodeEndRequest, encodeBeginRequest, encodeRecord, encodeStream } from './record.ts';
 
-/** Methods that may be sent again after a connection dies before any answer (RFC 9110 §9.2.2). */
-const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
-
 
 export type UpstreamAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -59,6 +56,11 @@ export class FastCGIUpstreamError extends Error {
     readonly upstream: string,
     /** Nothing reached the upstream (the connection could not be made): sending again elsewhere is safe. */
     readonly retryable = false,
+    /**
+     * The request went out, but the connection died before any record came back and before any of
+     * a request body was read: an idempotent request may go again (nginx's fastcgi_next_upstream).
+     */
+    readonly unanswered = false,
   ) {
     super(message);
   }
@@ -919,12 +921,9 @@ class Exchange {
       return;
     }
     if (error && !this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
-    if (!error && !this.gotRecord && !this.bodyTouched && idempotentMethods.has(this.params.REQUEST_METHOD)) {
-      // Nothing came back and nothing of a body was sent: as nginx's fastcgi_next_upstream does for
-      // idempotent requests, the caller may send it again (to a replacement of a process that died).
-      error = this.client.failure(502, 'closed the connection before the response header', this.params, true, true);
-    }
-    this.fail(error ?? this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params), false);
+    error ??= this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params);
+    if (this.sent && !this.gotRecord && !this.bodyTouched) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, error.retryable, true);
+    this.fail(error, false);
   }
 
   /** Ends the request with an error: before the header block the promise rejects, after it the body errors. */

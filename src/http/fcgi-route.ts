@@ -60,9 +60,7 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
         // GET or HEAD that got no answer may also go again, as nginx's fastcgi_next_upstream does:
         // the replacement takes a moment to start, hence the growing pauses.
         if (!target.retry || !(err instanceof FastCGIUpstreamError) || request.signal.aborted) throw err;
-        // The connection died, or the process manager closed the client of a process that died, before any answer.
-        const lost = err.status === 502 && (err.message.includes('closed the connection before the response header') || err.message.includes('the client is closed'));
-        const resendable = err.retryable || (lost && body === null && (params.REQUEST_METHOD === 'GET' || params.REQUEST_METHOD === 'HEAD'));
+        const resendable = err.retryable || (err.unanswered && body === null && (params.REQUEST_METHOD === 'GET' || params.REQUEST_METHOD === 'HEAD'));
         if (!resendable || attempt >= 4) throw err;
         await sleep(10 * 4 ** attempt);
       }
