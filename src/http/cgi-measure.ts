@@ -29,21 +29,25 @@ const duration = Number(values.duration);
 const rounds = Number(values.rounds);
 
 // The client of the overhead test: Python, so that neither side of the comparison pays for a Node
-// client. Each iteration spawns the script bare (posix_spawn, read stdout to EOF, wait) and sends
-// one request for it over a kept-alive connection, in alternating order.
+// client. Each iteration, in rotating order, (1) spawns the script bare (posix_spawn, read stdout to
+// EOF, wait), (2) has it spawned by a spawner helper of its own (spawner.py, the process `serve`
+// starts scripts through) and reads its output to the end, (3) sends a request for it to `serve`
+// and (4) one to a plain node:http hello server, over kept-alive connections. (2) minus (1) is what
+// the helper costs, (4) is what any Node HTTP front costs; the rest of the overhead is the runner.
 const overheadClient = String.raw`
-import json, os, re, socket, sys, time
-port, script, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+import json, os, re, socket, struct, subprocess, sys, time
+port, script, n, helper_script, floor_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
        'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
        'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
        'SCRIPT_FILENAME': script, 'DOCUMENT_ROOT': os.path.dirname(os.path.dirname(script)), 'HTTP_HOST': '127.0.0.1'}
 cwd = os.path.dirname(script)
-request = b'GET /cgi-bin/hello.sh HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'
-sock = socket.create_connection(('127.0.0.1', port))
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-def http():
-    sock.sendall(request)
+def connect(p):
+    sock = socket.create_connection(('127.0.0.1', p))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+def get(sock, path):
+    sock.sendall(b'GET ' + path + b' HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
     buf = b''
     while True:
         data = sock.recv(65536)
@@ -61,6 +65,11 @@ def http():
             m = re.search(rb'content-length: *(\d+)', head)
             if m and len(buf) >= end + 4 + int(m.group(1)):
                 return buf
+serve_sock, floor_sock = connect(port), connect(floor_port)
+def http():
+    return get(serve_sock, b'/cgi-bin/hello.sh')
+def floor():
+    return get(floor_sock, b'/')
 def bare():
     r, w = os.pipe()
     os.chdir(cwd)
@@ -70,18 +79,45 @@ def bare():
         pass
     os.close(r)
     os.waitpid(pid, 0)
+# The helper's frames (see spawner.py): type, id, length, payload.
+frame_header = struct.Struct('>cII')
+helper = subprocess.Popen([sys.executable, '-I', '-S', helper_script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+events = bytearray()
+def frame():
+    global events
+    while True:
+        if len(events) >= 9:
+            kind, _, size = frame_header.unpack_from(events)
+            if len(events) >= 9 + size:
+                del events[:9 + size]
+                return kind
+        events += os.read(helper.stdout.fileno(), 65536)
+assert frame() == b'R'
+spawn_payload = b'\0'.join([b'', cwd.encode(), script.encode(), b'1', script.encode()] + [('%s=%s' % kv).encode() for kv in env.items()])
+spawn_id = 0
+def spawned():
+    # Until stdout has ended (what a response waits for) and the exit has been reported.
+    global spawn_id
+    spawn_id += 1
+    os.write(helper.stdin.fileno(), frame_header.pack(b'R', spawn_id, len(spawn_payload)) + spawn_payload)
+    seen = set()
+    while not {b'Z', b'X'} <= seen:
+        seen.add(frame())
+kinds = [('bare', bare), ('helper', spawned), ('http', http), ('floor', floor)]
 for _ in range(50):
-    bare(); http()
-b, h = [], []
+    for _, run in kinds:
+        run()
+samples = {name: [] for name, _ in kinds}
 for i in range(n):
-    if i % 2:
-        t0 = time.perf_counter(); bare(); t1 = time.perf_counter(); http(); t2 = time.perf_counter()
-        b.append(t1 - t0); h.append(t2 - t1)
-    else:
-        t0 = time.perf_counter(); http(); t1 = time.perf_counter(); bare(); t2 = time.perf_counter()
-        h.append(t1 - t0); b.append(t2 - t1)
+    for j in range(len(kinds)):
+        name, run = kinds[(i + j) % len(kinds)]
+        t0 = time.perf_counter()
+        run()
+        samples[name].append(time.perf_counter() - t0)
 assert b'hello' in http()
-print(json.dumps({'bare': b, 'http': h}))
+helper.stdin.close()
+helper.wait()
+print(json.dumps(samples))
 `;
 
 interface Target {
@@ -110,6 +146,14 @@ async function startServeProcess(name: string, cgiDir: string, env: Record<strin
   });
   await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
   return { name, port, url: `http://127.0.0.1:${port}/cgi-bin/hello.sh`, stop: () => stop(proc), pids: () => [proc.pid] };
+}
+
+/** The plain node:http hello server of the benchmark: the latency of a Node HTTP front that runs nothing. */
+async function startHttpHello(): Promise<Target & { port: number }> {
+  const port = await freePort();
+  const proc = await startProcess({ name: 'node:http hello', command: process.execPath, args: ['--import', 'tsx', 'src/bench/http-hello.ts', '--port', String(port)], cwd: repo });
+  await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
+  return { name: 'node:http hello', port, url: `http://127.0.0.1:${port}/`, stop: () => stop(proc), pids: () => [proc.pid] };
 }
 
 async function startLighttpd(cgiDir: string): Promise<Target> {
@@ -172,27 +216,51 @@ async function main(): Promise<void> {
 
   const serve = await startServeProcess('serve', cgiDir);
   const targets: Target[] = [serve];
+  /** Started for the overhead test only, not measured with wrk. */
+  const background: Target[] = [];
   try {
     // 1. Overhead: the same script, bare and through serve, interleaved.
-    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests)], {
+    const floor = await startHttpHello();
+    background.push(floor);
+    const helperScript = path.join(repo, 'src/cgi/spawner.py');
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port)], {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
-    const samples = JSON.parse(stdout) as { bare: number[]; http: number[] };
-    const ms = (xs: number[]) => xs.map((x) => x * 1000).sort((a, b) => a - b);
-    const bare = ms(samples.bare);
-    const http = ms(samples.http);
+    const samples = JSON.parse(stdout) as Record<'bare' | 'helper' | 'http' | 'floor', number[]>;
+    const stats = (xs: number[]) => {
+      const sorted = xs.map((x) => x * 1000).sort((a, b) => a - b);
+      return { median: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
+    };
+    const bare = stats(samples.bare);
+    const helper = stats(samples.helper);
+    const serveStats = stats(samples.http);
+    const httpFloor = stats(samples.floor);
+    const minus = (a: typeof bare, b: typeof bare) => ({ median: a.median - b.median, p99: a.p99 - b.p99 });
     const overhead = {
       requests,
-      bare: { median: quantile(bare, 0.5), p99: quantile(bare, 0.99) },
-      serve: { median: quantile(http, 0.5), p99: quantile(http, 0.99) },
-      overhead: { median: quantile(http, 0.5) - quantile(bare, 0.5), p99: quantile(http, 0.99) - quantile(bare, 0.99) },
+      bare,
+      helper,
+      serve: serveStats,
+      httpFloor,
+      overhead: minus(serveStats, bare),
+      // Where the median overhead goes: the spawner helper, any Node HTTP front, and the rest.
+      breakdown: {
+        helper: helper.median - bare.median,
+        httpFront: httpFloor.median,
+        runner: serveStats.median - helper.median - httpFloor.median,
+      },
     };
     report.overhead = overhead;
-    console.log(`overhead over ${requests} interleaved requests (ms):`);
-    console.log(`  bare spawn of hello.sh   median ${overhead.bare.median.toFixed(3)}  p99 ${overhead.bare.p99.toFixed(3)}`);
-    console.log(`  serve -> hello.sh        median ${overhead.serve.median.toFixed(3)}  p99 ${overhead.serve.p99.toFixed(3)}`);
-    console.log(`  runner overhead          median ${overhead.overhead.median.toFixed(3)}  p99 ${overhead.overhead.p99.toFixed(3)}`);
+    const row = (label: string, s: { median: number; p99: number }) => console.log(`  ${label.padEnd(36)} median ${s.median.toFixed(3)}  p99 ${s.p99.toFixed(3)}`);
+    console.log(`overhead over ${requests} requests of each kind, interleaved (ms):`);
+    row('bare spawn of hello.sh', bare);
+    row('spawned through the spawner helper', helper);
+    row('node:http hello (no script)', httpFloor);
+    row('serve -> hello.sh', serveStats);
+    row('runner overhead (serve - bare)', overhead.overhead);
+    const b = overhead.breakdown;
+    console.log(`  of the median overhead: helper ${b.helper.toFixed(3)}, Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
 
     if (!values['skip-throughput']) {
       // 2. Throughput against the peers, same script, rounds interleaved.
@@ -219,7 +287,7 @@ async function main(): Promise<void> {
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
     if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
   } finally {
-    for (const target of targets) await target.stop().catch(() => {});
+    for (const target of [...targets, ...background]) await target.stop().catch(() => {});
     await scripts.cleanup();
   }
 }
