@@ -2,6 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import type { AbortWatch } from '../lazy-abort.ts';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from './response.ts';
 import { groupAlive, startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
 
@@ -33,7 +34,7 @@ export interface CgiInvocation {
   /** The request body, streamed to stdin (§4.2); null gives the script /dev/null. */
   body: Readable | null;
   /** Aborting kills the script's process group (the client went away). */
-  signal?: AbortSignal;
+  signal?: AbortWatch;
   /** An nph- script: its output is a whole HTTP response, passed on unparsed (§5). */
   nph?: boolean;
   /** Each line the script writes to stderr, without its newline. */
@@ -154,7 +155,7 @@ export class CgiHost {
     return new Run(this, invocation).start();
   }
 
-  private waitForSlot(signal: AbortSignal | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted' | 'closing'> {
+  private waitForSlot(signal: AbortWatch | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted' | 'closing'> {
     if (this.queue.length >= this.queueLimit) return Promise.resolve('full');
     return new Promise((resolve) => {
       const waiter: Waiter = {

@@ -2,6 +2,7 @@
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from '../cgi/response.ts';
+import type { AbortWatch } from '../lazy-abort.ts';
 import { logError } from '../log.ts';
 import { RecordDecoder } from './decoder.ts';
 import { decodePairs, encodePairs } from './pairs.ts';
@@ -112,7 +113,7 @@ export interface FastCGIRequest {
   /** Streamed into FCGI_STDIN; null sends an empty STDIN. Read only as fast as the upstream takes it. */
   body?: Readable | null;
   /** Aborting sends FCGI_ABORT_REQUEST on a multiplexed connection, or closes the connection. */
-  signal?: AbortSignal;
+  signal?: AbortWatch;
   /** FCGI_RESPONDER (default) or FCGI_AUTHORIZER (no STDIN at all, as mod_authnz_fcgi does). */
   role?: number;
 }
@@ -544,8 +545,21 @@ class Connection {
   write(buffer: Buffer): boolean {
     const socket = this.socket;
     if (!socket || socket.destroyed || this.state !== 'open') return true;
+    // Records of every request started in this turn of the event loop leave in one writev: on a
+    // multiplexed connection that is one syscall for a whole batch of HTTP requests, not one each.
+    if (this.multiplexed && !this.corked) {
+      this.corked = true;
+      socket.cork();
+      setImmediate(this.uncork);
+    }
     return socket.write(buffer);
   }
+
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket?.uncork();
+  };
 
   /** Calls `callback` once the socket's buffer has drained (or the connection is gone). */
   onDrain(callback: () => void): void {

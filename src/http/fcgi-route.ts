@@ -149,6 +149,18 @@ export function fcgiAppsRoute(options: FcgiAppsRouteOptions): Route {
   const prefix = (options.prefix ?? '/fcgi').replace(/\/+$/, '');
   const dir = path.resolve(options.dir);
   const documentRoot = path.dirname(dir);
+  // A found app is looked up again after a second, not on every request: a stat costs more than the
+  // rest of routing. Misses are not remembered, so a new app is served at once.
+  const found = new Map<string, { file: string; at: number }>();
+  const lookup = (name: string): string | undefined => {
+    const now = performance.now();
+    const hit = found.get(name);
+    if (hit && now - hit.at < 1000) return hit.file;
+    const file = findApp(dir, name);
+    if (file) found.set(name, { file, at: now });
+    else found.delete(name);
+    return file;
+  };
   return {
     prefix,
     async handle(request) {
@@ -159,7 +171,7 @@ export function fcgiAppsRoute(options: FcgiAppsRouteOptions): Route {
       // After dot removal the path must still be PREFIX/NAME[/...].
       if (segments.slice(0, depth).join('/') !== prefix || segments.length <= depth) return request.error(404);
       const name = segments[depth]!;
-      const file = findApp(dir, name);
+      const file = lookup(name);
       if (!file) return request.error(404);
       const rest = segments.slice(depth + 1);
       const scriptName = `${prefix}/${name}`;

@@ -1,6 +1,7 @@
 // The HTTP/1.1 front: a node:http server that hands each request to the route whose path prefix matches, writes one access line per request, and stops gracefully.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { LazyAbort, type AbortWatch } from '../lazy-abort.ts';
 import { logAccess, logError } from '../log.ts';
 import { reasonPhrase } from '../response-output.ts';
 
@@ -14,7 +15,7 @@ export interface RouteRequest {
   /** Local redirects followed so far for this request. */
   readonly redirects: number;
   /** Aborted when the client goes away before the response is complete. */
-  readonly signal: AbortSignal;
+  readonly signal: AbortWatch;
   /** The client sent `Expect: 100-continue`: call res.writeContinue() before reading the body. */
   readonly expectsContinue: boolean;
   /** Body bytes sent; routes add to it for the access log. */
@@ -71,7 +72,7 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
   const routes = [...options.routes].sort((a, b) => b.prefix.length - a.prefix.length);
   let inFlight = 0;
   let idle: (() => void) | undefined;
-  const controllers = new Set<AbortController>();
+  const controllers = new Set<LazyAbort>();
 
   const findRoute = (target: string): Route | undefined => {
     const q = target.indexOf('?');
@@ -84,7 +85,7 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
 
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean) => {
     inFlight++;
-    const controller = new AbortController();
+    const controller = new LazyAbort();
     controllers.add(controller);
     const started = performance.now();
     let redirects = 0;
@@ -96,7 +97,7 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
       get redirects() {
         return redirects;
       },
-      signal: controller.signal,
+      signal: controller,
       expectsContinue,
       bytes: 0,
       redirect(target: string) {
