@@ -269,7 +269,7 @@ class HelperSpawner {
     if (payload !== undefined && typeof payload !== 'string' && size > 0) this.pending.push(payload);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      process.nextTick(() => this.flush());
+      setImmediate(() => this.flush());
     }
   }
 
