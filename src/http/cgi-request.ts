@@ -17,7 +17,7 @@ export interface RequestBody {
  * first, since the script must be told its length (CONTENT_LENGTH). Undefined when the request has
  * been answered already (413, 507) or the client went away.
  */
-export async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemory: number): Promise<RequestBody | undefined> {
+async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemory: number): Promise<RequestBody | undefined> {
   const { req, res } = request;
   let body: Readable | null = null;
   let contentLength: number | undefined;
@@ -45,6 +45,23 @@ export async function readRequestBody(request: RouteRequest, maxBody: number, sp
   return { body, contentLength };
 }
 
+/**
+ * What a script or app is given for this request: its body and its environment. Undefined when the
+ * request has been answered already (see readRequestBody and requestEnv).
+ */
+export async function requestInput(
+  request: RouteRequest,
+  target: ScriptTarget,
+  settings: EnvSettings,
+  maxBody: number,
+  spoolMemory: number,
+): Promise<{ body: Readable | null; env: Record<string, string> } | undefined> {
+  const incoming = await readRequestBody(request, maxBody, spoolMemory);
+  if (!incoming) return undefined;
+  const env = requestEnv(request, incoming, target, settings);
+  return env ? { body: incoming.body, env } : undefined;
+}
+
 /** Where the request goes, as CGI variables (§4.1.5, §4.1.13, §4.1.7). */
 export interface ScriptTarget {
   scriptName: string;
@@ -65,7 +82,7 @@ export interface EnvSettings {
  * The request's CGI environment; undefined when the request cannot be put into one (it has been
  * answered with 400 and its body drained).
  */
-export function requestEnv(request: RouteRequest, incoming: RequestBody, target: ScriptTarget, settings: EnvSettings): Record<string, string> | undefined {
+function requestEnv(request: RouteRequest, incoming: RequestBody, target: ScriptTarget, settings: EnvSettings): Record<string, string> | undefined {
   const { req } = request;
   const socket = req.socket;
   try {

@@ -6,7 +6,7 @@ import type { CgiHost } from '../cgi/host.ts';
 import type { CgiHead } from '../cgi/response.ts';
 import { resolveScript, type ScriptDirectory } from '../cgi/resolve.ts';
 import { logError } from '../log.ts';
-import { readRequestBody, requestEnv } from './cgi-request.ts';
+import { requestInput } from './cgi-request.ts';
 import { writeResponseHead } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
@@ -47,16 +47,15 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         return request.error(location.status);
       }
 
-      const incoming = await readRequestBody(request, options.maxBody, spoolMemory);
-      if (!incoming) return;
-      const { body } = incoming;
-      const env = requestEnv(
+      const input = await requestInput(
         request,
-        incoming,
         { scriptName: location.scriptName, pathInfo: location.pathInfo, scriptFilename: location.file, documentRoot: options.documentRoot, queryString: query },
         options,
+        options.maxBody,
+        spoolMemory,
       );
-      if (!env) return;
+      if (!input) return;
+      const { body, env } = input;
       const args = options.isindexArgs ? isindexArgs(query) : [];
       const name = location.name;
       const outcome = await host.run({

@@ -6,7 +6,7 @@ import { decodePath, removeDotSegments } from '../cgi/resolve.ts';
 import { FastCGIClient, FastCGIUpstreamError, type FastCGIClientOptions, type FastCGIResponse } from '../fastcgi/client.ts';
 import { ProcessManager } from '../fastcgi/process-manager.ts';
 import { logError, logInfo } from '../log.ts';
-import { readRequestBody, requestEnv } from './cgi-request.ts';
+import { requestInput } from './cgi-request.ts';
 import { writeResponseHead } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
@@ -37,16 +37,15 @@ interface Target {
 async function proxy(request: RouteRequest, common: ProxyCommon, target: Target, query: string): Promise<void> {
   // php and CGI-style apps need CONTENT_LENGTH, so a chunked body is read first (as nginx does with
   // fastcgi_request_buffering on).
-  const incoming = await readRequestBody(request, common.maxBody, 1024 * 1024);
-  if (!incoming) return;
-  const { body } = incoming;
-  const params = requestEnv(
+  const input = await requestInput(
     request,
-    incoming,
     { scriptName: target.scriptName, pathInfo: target.pathInfo, scriptFilename: target.scriptFilename, documentRoot: target.documentRoot, queryString: query },
     common,
+    common.maxBody,
+    1024 * 1024,
   );
-  if (!params) return;
+  if (!input) return;
+  const { body, env: params } = input;
   let response: FastCGIResponse;
   try {
     for (let attempt = 0; ; attempt++) {
