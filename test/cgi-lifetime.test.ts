@@ -21,6 +21,11 @@ const scripts = {
   'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; trap '' TERM; sleep 60 & sleep 60`),
   'hang-after-output.sh': sh(`printf 'Content-Type: text/plain\\n\\npartial\\n'; echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
   'background.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 >/dev/null 2>&1 & printf 'Content-Type: text/plain\\n\\ndone\\n'`),
+  // A daemon's escape: a child in a session of its own, outside the script's process group.
+  // It answers once the daemon has recorded its pid.
+  'daemon.sh': sh(
+    `f="$DOCUMENT_ROOT/pids/$QUERY_STRING"; (setsid sh -c "echo \\$\\$ > '$f'; exec sleep 30" >/dev/null 2>&1 &); while [ ! -s "$f" ]; do sleep 0.01; done; printf 'Content-Type: text/plain\\n\\ndone\\n'`,
+  ),
   'slow.sh': sh(`sleep 0.2; printf 'Content-Type: text/plain\\n\\n%s\\n' "$QUERY_STRING"`),
   'big.sh': sh(`printf 'Content-Type: application/octet-stream\\n\\n'; exec head -c "$QUERY_STRING" /dev/zero`),
 };
@@ -46,6 +51,15 @@ function zombiesOf(parent: number): number[] {
     }
   }
   return zombies;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function rss(pid: number): number {
@@ -152,6 +166,19 @@ describe('script lifetime', () => {
     assert.equal(r.body.toString(), 'done\n');
     const pgid = await readPid(server, 'background');
     await assertGroupGone(pgid, 3000);
+  });
+
+  test('a child that left the process group (setsid) is killed once its script has finished', async (t) => {
+    if (server.host.spawnerKind !== 'helper') return t.skip('only the spawner helper adopts orphans (python3 is needed)');
+    const r = await get(port, '/cgi-bin/daemon.sh?daemon');
+    assert.equal(r.body.toString(), 'done\n');
+    const pid = await readPid(server, 'daemon');
+    // Its own process group and session: the kill of the script's group cannot reach it.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const [, , pgrp, session] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    assert.equal(Number(pgrp), pid);
+    assert.equal(Number(session), pid);
+    await waitFor('the orphan to be killed', () => (alive(pid) ? undefined : true), 4000);
   });
 
   test('32 concurrent requests all get their own answer', async () => {

@@ -23,6 +23,11 @@ big-endian length, then that many payload bytes.
        group are still running).
     F  could not start. Payload: the reason.
   EOF on our stdin means the runner is gone: every script's process group is killed, then we exit.
+
+Orphans. We are a child subreaper, so a process a script leaves behind outside its process group (a
+daemon's double fork and setsid) becomes our child when its parent exits. Shortly after scripts
+exit we look at our children: one that is not a script of ours, and that no running script is old
+enough to have started, belongs to a finished request. It gets SIGTERM, then SIGKILL.
 """
 import fcntl
 import os
@@ -30,6 +35,7 @@ import selectors
 import signal
 import struct
 import sys
+import time
 
 HEADER = struct.Struct('>cII')
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031 if sys.platform.startswith('linux') else 0)
@@ -61,6 +67,10 @@ devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 # the scripts get them back at their defaults. Handled signals are reset by exec itself.
 reset_signals = set()
 child_exited = False
+SWEEP_DELAY = 0.2  # seconds after a script exits before we look for its orphans
+ORPHAN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for an orphan
+sweep_at = None  # monotonic time of the next look for orphans, or None
+orphans_termed = {}  # pid -> monotonic time it got SIGTERM
 
 
 def emit(kind, sid, payload=b''):
@@ -325,6 +335,8 @@ def reap():
         s = by_pid.pop(pid, None)
         if s is not None:
             done.append((s, status))
+    if done:
+        schedule_sweep()
     # Checked once everything reapable is reaped, so this round's zombies do not count as members.
     for s, status in done:
         s.exited = True
@@ -332,6 +344,67 @@ def reap():
             stdin_closed(s)
         emit(b'X', s.id, ('%d %d %d' % (s.pid, status, 1 if group_alive(s.pid) else 0)).encode())
         maybe_forget(s)
+
+
+def schedule_sweep(delay=SWEEP_DELAY):
+    global sweep_at
+    at = time.monotonic() + delay
+    if sweep_at is None or at < sweep_at:
+        sweep_at = at
+
+
+def start_time(pid):
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            stat = f.read()
+        return int(stat[stat.rfind(b')') + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def our_children():
+    """Our children, from the kernel's list for our only thread; the whole of /proc where there is none."""
+    try:
+        with open('/proc/self/task/%d/children' % os.getpid(), 'rb') as f:
+            return [int(pid) for pid in f.read().split()]
+    except (OSError, ValueError):
+        return adopted()
+
+
+def sweep():
+    """TERM, then KILL, the orphans of finished scripts (see the module's docstring)."""
+    global sweep_at
+    sweep_at = None
+    now = time.monotonic()
+    children = [pid for pid in our_children() if pid not in by_pid]
+    for pid in list(orphans_termed):
+        if pid not in children:
+            del orphans_termed[pid]
+    if not children:
+        return
+    # A script still running may have started an orphan it will wait for: spare the orphans that
+    # started after the oldest running script (a tick's tie included), and look again later.
+    running = [t for t in (start_time(s.pid) for s in by_pid.values()) if t is not None]
+    oldest_running = min(running) if running else None
+    for pid in children:
+        if pid in orphans_termed:
+            if now - orphans_termed[pid] >= ORPHAN_GRACE:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            continue
+        started = start_time(pid)
+        if started is None or (oldest_running is not None and started >= oldest_running):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+        orphans_termed[pid] = now
+    # Orphans remain (waiting for their SIGKILL, or spared for now): look again.
+    schedule_sweep()
 
 
 def on_wakeup(_s, _mask):
@@ -435,7 +508,8 @@ if __name__ == '__main__':
     while True:
         if out:
             flush()
-        for key, mask in sel.select():
+        timeout = None if sweep_at is None else max(0.0, sweep_at - time.monotonic())
+        for key, mask in sel.select(timeout):
             callback, s = key.data
             try:
                 callback(s, mask)
@@ -458,3 +532,8 @@ if __name__ == '__main__':
         if child_exited:
             child_exited = False
             reap()
+        if sweep_at is not None and time.monotonic() >= sweep_at:
+            try:
+                sweep()
+            except Exception as e:  # a bug here must not stop the scripts
+                sys.stderr.write('cgi: spawner: sweep: %r\n' % (e,))
