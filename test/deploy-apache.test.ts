@@ -7,8 +7,9 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployApache, startFcgi, type DeployApache, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
-import { findPeer, freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
+import { freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
 import { fcgiCommand as fcgiCli } from '../src/commands/fcgi.ts';
+import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
@@ -24,11 +25,8 @@ let base = '';
 let missing: string | undefined;
 
 before(async () => {
-  missing = ['apache2', 'mod_proxy_fcgi', 'mod_authnz_fcgi'].find((name) => !findPeer(name));
-  if (missing) {
-    if (process.env.CI === 'true') throw new Error(`${missing} is required under CI but not installed: apt-get install apache2`);
-    return;
-  }
+  missing = missingPeer(['apache2', 'mod_proxy_fcgi', 'mod_authnz_fcgi']);
+  if (missing) return;
   sockets = await socketDir();
   const env = { ...process.env, SITE_APP_DIR: fixtures, SITE_USER: 'demo', SITE_PASSWORD: PASSWORD };
   const cgiSocket = path.join(sockets.path, 'cgi.sock');
@@ -51,22 +49,11 @@ after(async () => {
   await sockets?.cleanup();
 });
 
-function skipIfMissing(t: { skip: (msg: string) => void }): boolean {
-  if (!missing) return false;
-  t.skip(`install ${missing}`);
-  return true;
-}
-
 const basic = (user: string, password: string) => ({ authorization: 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64') });
-
-interface EnvReport {
-  role: string;
-  params: Record<string, string>;
-}
 
 describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', () => {
   test('/ goes through SetHandler to the unix socket, /tcp/ through ProxyPass over TCP', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = apache!.errors().length;
     assert.equal((await (await fetch(`${base}/kitchen/pid`)).text()).trim(), String(unix!.pid));
     assert.equal((await (await fetch(`${base}/tcp/kitchen/pid`)).text()).trim(), String(tcp!.pid));
@@ -85,17 +72,14 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
   });
 
   test('enablereuse=on: connections to the responder stay open for the next requests, on both transports', async (t) => {
-    if (skipIfMissing(t)) return;
-    for (let i = 0; i < 20; i++) {
-      assert.equal(await (await fetch(`${base}/kitchen/hello`)).text(), 'hello\n');
-      assert.equal(await (await fetch(`${base}/tcp/kitchen/hello`)).text(), 'hello\n');
-    }
+    if (skipIfMissing(t, missing)) return;
+    await expectSequentialHellos([`${base}/kitchen/hello`, `${base}/tcp/kitchen/hello`], 20);
     assert.ok(serverConnections(unix!.address) >= 1, 'unix socket connections kept');
     assert.ok(serverConnections(tcp!.address) >= 1, 'TCP connections kept');
   });
 
   test('/private/ asks for a password that the app checks in the Authorizer role', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = apache!.errors().length;
     const anonymous = await fetch(`${base}/private/kitchen/env`);
     assert.equal(anonymous.status, 401);
@@ -121,7 +105,7 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
   });
 
   test('access lines in the combined log format on stdout (CustomLog /proc/self/fd/1 combined)', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     await (await fetch(`${base}/tcp/kitchen/hello`, { headers: { 'user-agent': 'deploy-test/1', referer: 'http://ref.example/' } })).text();
     assert.match(apache!.accessLog(), /^127\.0\.0\.1 - - \[[^\]]+\] "GET \/tcp\/kitchen\/hello HTTP\/1\.1" 200 6 "http:\/\/ref\.example\/" "deploy-test\/1"$/m);
   });
@@ -129,25 +113,13 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
 
 describe('deploy/apache/cgi-dir.conf: classic CGI through `fcgi --cgi-dir`', () => {
   test('/cgi-bin/ runs the scripts, with PATH_INFO, and nothing outside the directory', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     if (!hasCgiDir) {
       t.skip('fcgi --cgi-dir is not implemented yet');
       return;
     }
     const mark = apache!.errors().length;
-    const res = await fetch(`${base}/cgi-bin/hello.sh`);
-    assert.equal(res.status, 200);
-    assert.equal(await res.text(), 'hello\n');
-    const env = await (await fetch(`${base}/cgi-bin/env.pl/extra/path?q=1`)).text();
-    assert.match(env, /^SCRIPT_NAME=\/cgi-bin\/env\.pl$/m);
-    assert.match(env, /^PATH_INFO=\/extra\/path$/m);
-    assert.match(env, new RegExp(`^SCRIPT_FILENAME=${repoRoot}/cgi-bin/env\\.pl$`, 'm'));
-    assert.match(env, /^QUERY_STRING=q=1$/m);
-    const post = await fetch(`${base}/cgi-bin/env.pl`, { method: 'POST', body: 'a=1' });
-    assert.match(await post.text(), /^CONTENT_LENGTH=3$/m);
-    const missing = await fetch(`${base}/cgi-bin/no-such-script`);
-    assert.equal(missing.status, 404);
-    await missing.arrayBuffer();
+    await expectCgiDirScripts(base);
     // The cgi-dir responder answered /cgi-bin/, not the app behind <Location "/">.
     assert.doesNotMatch(unix!.output(), /cgi-bin/);
     for (const line of apache!.errors().slice(mark)) assert.match(line, /AH01071: Got error 'fastcgi: refusing/);

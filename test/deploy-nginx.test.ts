@@ -8,7 +8,8 @@ import { after, before, describe, test } from 'node:test';
 import { fcgiCommand as fcgiCli } from '../src/commands/fcgi.ts';
 import { serverConnections, socketDir, startDeployNginx, startFcgi, type DeployNginx, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
-import { findPeer, freePort, type TempDir } from '../src/peers/index.ts';
+import { freePort, type TempDir } from '../src/peers/index.ts';
+import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
@@ -24,11 +25,8 @@ let cgiBase = '';
 let missing: string | undefined;
 
 before(async () => {
-  if (!findPeer('nginx')) {
-    missing = 'nginx';
-    if (process.env.CI === 'true') throw new Error('nginx is required under CI but not installed: apt-get install nginx');
-    return;
-  }
+  missing = missingPeer(['nginx']);
+  if (missing) return;
   sockets = await socketDir();
   // The site app with the test apps mounted: /kitchen/env, /kitchen/pid... (any prefix before them is skipped).
   const env = { ...process.env, SITE_APP_DIR: fixtures };
@@ -59,12 +57,6 @@ after(async () => {
   await sockets?.cleanup();
 });
 
-function skipIfMissing(t: { skip: (msg: string) => void }): boolean {
-  if (!missing) return false;
-  t.skip(`install ${missing}`);
-  return true;
-}
-
 function httpGet(url: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     http
@@ -78,22 +70,16 @@ function httpGet(url: string, headers: Record<string, string>): Promise<{ status
   });
 }
 
-interface EnvReport {
-  role: string;
-  url: string;
-  params: Record<string, string>;
-}
-
 describe('deploy/nginx with nginx', () => {
   test('every template in deploy/nginx/templates is rendered, with no placeholder left', (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const templates = fs.readdirSync(path.join(deployDir, 'nginx/templates')).filter((f) => f.endsWith('.template'));
     assert.deepEqual(nginx!.rendered.map((f) => path.basename(f) + '.template').sort(), templates.sort());
     for (const file of nginx!.rendered) assert.doesNotMatch(fs.readFileSync(file, 'utf8'), /\$\{[A-Z_]+\}/, file);
   });
 
   test('/ goes to the responder over the unix socket and /tcp/ to the one over TCP', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = nginx!.nginx.errors().length;
     const overUnix = await fetch(`${base}/kitchen/pid`);
     assert.equal(overUnix.status, 200);
@@ -109,7 +95,7 @@ describe('deploy/nginx with nginx', () => {
   });
 
   test('fastcgi.conf sends the CGI variables, each once, and never a Proxy header as HTTP_PROXY', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     // node:http, because fetch may drop a Proxy header on its own.
     const res = await httpGet(`${base}/tcp/kitchen/env?a=1&b=%20`, { proxy: 'http://evil.example', 'x-custom': 'yes' });
     assert.equal(res.status, 200);
@@ -136,11 +122,8 @@ describe('deploy/nginx with nginx', () => {
   });
 
   test('upstream keepalive with fastcgi_keep_conn: connections outlive their requests and are reused', async (t) => {
-    if (skipIfMissing(t)) return;
-    for (let i = 0; i < 20; i++) {
-      assert.equal(await (await fetch(`${base}/kitchen/hello`)).text(), 'hello\n');
-      assert.equal(await (await fetch(`${base}/tcp/kitchen/hello`)).text(), 'hello\n');
-    }
+    if (skipIfMissing(t, missing)) return;
+    await expectSequentialHellos([`${base}/kitchen/hello`, `${base}/tcp/kitchen/hello`], 20);
     // One nginx worker, sequential requests: one connection each way, kept open and used again.
     const [onUnix, onTcp] = [serverConnections(unix!.address), serverConnections(tcp!.address)];
     assert.ok(onUnix >= 1 && onUnix <= 2, `unix socket connections: ${onUnix}`);
@@ -148,7 +131,7 @@ describe('deploy/nginx with nginx', () => {
   });
 
   test('a POST body and a large answer pass through both ways', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     for (const prefix of ['', '/tcp']) {
       const body = 'x'.repeat(300_000);
       const res = await fetch(`${base}${prefix}/kitchen/echo`, { method: 'POST', body, headers: { 'content-type': 'text/plain' } });
@@ -162,29 +145,16 @@ describe('deploy/nginx with nginx', () => {
   });
 
   test('classic CGI through `fcgi --cgi-dir` (cgi.conf.template): a process per request, PATH_INFO, 404', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     if (!hasCgiDir) {
       t.skip('fcgi --cgi-dir is not implemented yet');
       return;
     }
     const mark = nginx!.nginx.errors().length;
-    const res = await fetch(`${cgiBase}/cgi-bin/hello.sh`);
-    assert.equal(res.status, 200);
-    assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
-    assert.equal(await res.text(), 'hello\n');
-    const env = await (await fetch(`${cgiBase}/cgi-bin/env.pl/extra/path?q=1`, { headers: { 'x-custom': 'yes' } })).text();
-    assert.match(env, /^SCRIPT_NAME=\/cgi-bin\/env\.pl$/m);
-    assert.match(env, /^PATH_INFO=\/extra\/path$/m);
-    assert.match(env, new RegExp(`^SCRIPT_FILENAME=${repoRoot}/cgi-bin/env\\.pl$`, 'm'));
-    assert.match(env, /^QUERY_STRING=q=1$/m);
+    const env = await expectCgiDirScripts(cgiBase, { contentType: 'text/plain; charset=utf-8', headers: { 'x-custom': 'yes' } });
     assert.match(env, /^HTTP_X_CUSTOM=yes$/m);
     assert.match(env, /^GATEWAY_INTERFACE=CGI\/1\.1$/m);
     assert.match(env, new RegExp(`^cwd: ${repoRoot}/cgi-bin$`, 'm'));
-    const post = await fetch(`${cgiBase}/cgi-bin/env.pl`, { method: 'POST', body: 'a=1' });
-    assert.match(await post.text(), /^CONTENT_LENGTH=3$/m);
-    const missing = await fetch(`${cgiBase}/cgi-bin/no-such-script`);
-    assert.equal(missing.status, 404);
-    await missing.arrayBuffer();
     // Only /cgi-bin/ is served: the files around the scripts are not.
     assert.equal((await fetch(`${cgiBase}/package.json`)).status, 404);
     assert.equal((await fetch(`${cgiBase}/cgi-bin/%2e%2e/package.json`)).status, 404);

@@ -2,11 +2,9 @@
 // SetHandler to a unix socket) and mod_authnz_fcgi calling an app in the Authorizer role.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { findPeer, startApache, type ApacheServer } from '../src/peers/index.ts';
-import { patternBytes } from './fixtures/apps/kitchen.ts';
-import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
-
-const MiB = 1024 * 1024;
+import { startApache, type ApacheServer } from '../src/peers/index.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { establishedServerSide, fixtureApp, startResponder, type RunningResponder } from './fixtures/responder.ts';
 
 let tcpApp: RunningResponder | undefined;
 let unixApp: RunningResponder | undefined;
@@ -15,11 +13,8 @@ let apache: ApacheServer | undefined;
 let missing: string | undefined;
 
 before(async () => {
-  missing = ['apache2', 'mod_proxy_fcgi', 'mod_authnz_fcgi'].find((name) => !findPeer(name));
-  if (missing) {
-    if (process.env.CI === 'true') throw new Error(`${missing} is required under CI but not installed: apt-get install apache2`);
-    return;
-  }
+  missing = missingPeer(['apache2', 'mod_proxy_fcgi', 'mod_authnz_fcgi']);
+  if (missing) return;
   const kitchen = fixtureApp('kitchen.ts');
   // Apache's children run as www-data: the unix socket is created 0666 in a 0755 directory.
   [tcpApp, unixApp, authApp] = await Promise.all([
@@ -64,20 +59,8 @@ after(async () => {
   await Promise.all([tcpApp?.stop(), unixApp?.stop(), authApp?.stop()]);
 });
 
-function skipIfMissing(t: { skip: (msg: string) => void }): boolean {
-  if (!missing) return false;
-  t.skip(`install ${missing}`);
-  return true;
-}
-
 function errorsSince(mark: number): string[] {
   return apache!.errors().slice(mark);
-}
-
-interface EnvReport {
-  role: string;
-  url: string;
-  params: Record<string, string>;
 }
 
 const variants = [
@@ -90,12 +73,9 @@ for (const variant of variants) {
     const url = (path: string) => `${apache!.url}/${variant.prefix}/${path}`;
 
     test('GET reaches the app with the URL the client asked for', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = apache!.errors().length;
-      const res = await fetch(url('hello'));
-      assert.equal(res.status, 200);
-      assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
-      assert.equal(await res.text(), 'hello\n');
+      await expectHello(url);
       const env = (await (await fetch(url('env?a=1&b=%20'))).json()) as EnvReport;
       assert.equal(env.role, 'responder');
       assert.match(env.params.SCRIPT_FILENAME!, variant.scriptFilename);
@@ -105,62 +85,34 @@ for (const variant of variants) {
     });
 
     test('a 3 MiB POST body reaches the app intact', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = apache!.errors().length;
-      const body = patternBytes(3 * MiB);
-      const res = await fetch(url('echo'), { method: 'POST', body, headers: { 'content-type': 'application/x-test' } });
-      assert.equal(res.status, 200);
-      const report = (await res.json()) as Record<string, unknown>;
-      assert.deepEqual(report, { method: 'POST', size: body.byteLength, sha256: sha256(body), contentType: 'application/x-test', contentLength: String(body.byteLength), text: null });
+      await expectLargePostEchoed(url);
       const small = (await (await fetch(url('echo'), { method: 'POST', body: 'a=1&b=2', headers: { 'content-type': 'application/x-www-form-urlencoded' } })).json()) as Record<string, unknown>;
       assert.equal(small.text, 'a=1&b=2');
       assert.deepEqual(errorsSince(mark), []);
     });
 
     test("the app's status line and headers reach the client, each Set-Cookie separate", async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = apache!.errors().length;
-      const res = await fetch(url('teapot'));
-      assert.equal(res.status, 418);
-      assert.equal(res.statusText, "I'm a teapot");
-      assert.equal(res.headers.get('x-app'), 'kitchen');
-      assert.deepEqual(res.headers.getSetCookie(), ['a=1; Path=/', 'b=2; Path=/; HttpOnly', 'c=3, with comma; Path=/']);
-      assert.equal(await res.text(), 'short and stout\n');
-      const big = new Uint8Array(await (await fetch(url('bigstream?bytes=2000000'))).arrayBuffer());
-      assert.equal(sha256(big), sha256(patternBytes(2_000_000)));
+      await expectTeapot(url);
+      await expectPatternBody(url('bigstream?bytes=2000000'), 2_000_000);
       assert.deepEqual(errorsSince(mark), []);
     });
 
     test('a throwing app gives a 500, and the next request succeeds', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = apache!.errors().length;
-      for (const route of ['throw', 'reject']) {
-        const res = await fetch(url(route));
-        assert.equal(res.status, 500, route);
-        assert.equal(await res.text(), 'Internal Server Error\n');
-        const next = await fetch(url('hello'));
-        assert.equal(next.status, 200);
-        assert.equal(await next.text(), 'hello\n');
-      }
+      await expectFailuresRecovered(url);
       // mod_proxy_fcgi logs the app's FastCGI stderr at level error; nothing else went wrong.
-      const errors = errorsSince(mark);
-      assert.ok(errors.length >= 2, 'the failures are logged');
-      for (const line of errors) assert.match(line, /AH01071: Got error 'app: the app failed on purpose/);
+      expectOnlyAppFailuresLogged(errorsSince(mark), /AH01071: Got error 'app: the app failed on purpose/);
     });
 
     test('400 requests from 50 concurrent clients all get their own answer', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = apache!.errors().length;
-      const n = Array.from({ length: 400 }, (_, i) => i);
-      const results = await mapConcurrent(n, 50, async (i) => {
-        if (i % 4 === 0) {
-          const res = await fetch(url('echo'), { method: 'POST', body: `body ${i}` });
-          return [res.status, ((await res.json()) as { text: string }).text] as const;
-        }
-        const res = await fetch(url(`id?n=${i}`));
-        return [res.status, await res.text()] as const;
-      });
-      for (const i of n) assert.deepEqual(results[i], [200, i % 4 === 0 ? `body ${i}` : `id ${i} GET\n`]);
+      await expectConcurrentAnswers(url);
       if (variant.prefix === 'app') {
         // enablereuse=on sets FCGI_KEEP_CONN: the responder keeps the connections for the next requests.
         assert.ok(establishedServerSide(tcpApp!.port!).length >= 1, 'backend connections stay open for reuse');
@@ -174,7 +126,7 @@ describe('Apache mod_authnz_fcgi with an app in the Authorizer role', () => {
   const url = (path: string) => `${apache!.url}${path}`;
 
   test('200 allows, and Variable-* headers reach the protected resource as variables', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = apache!.errors().length;
     const res = await fetch(url('/protected/env'), { headers: { 'x-token': 'alice-token' } });
     assert.equal(res.status, 200);
@@ -190,7 +142,7 @@ describe('Apache mod_authnz_fcgi with an app in the Authorizer role', () => {
   });
 
   test('401 and 403 deny, with the authorizer status, headers and body', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = apache!.errors().length;
     const anonymous = await fetch(url('/protected/env'));
     assert.equal(anonymous.status, 401);
@@ -203,7 +155,7 @@ describe('Apache mod_authnz_fcgi with an app in the Authorizer role', () => {
   });
 
   test('a Require line calls the app as AUTHORIZER with the authenticated user', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = apache!.errors().length;
     const alice = await fetch(url('/admin/env'), { headers: { 'x-token': 'alice-token' } });
     assert.equal(alice.status, 200);

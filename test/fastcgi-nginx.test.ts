@@ -3,8 +3,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NGINX_FASTCGI_PARAMS, findPeer, startNginx, type NginxServer } from '../src/peers/index.ts';
+import { NGINX_FASTCGI_PARAMS, startNginx, type NginxServer } from '../src/peers/index.ts';
 import { patternBytes } from './fixtures/apps/kitchen.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
 
 const MiB = 1024 * 1024;
@@ -16,11 +17,8 @@ let nginx: NginxServer | undefined;
 let missing: string | undefined;
 
 before(async () => {
-  if (!findPeer('nginx')) {
-    missing = 'nginx';
-    if (process.env.CI === 'true') throw new Error('nginx is required under CI but not installed: apt-get install nginx');
-    return;
-  }
+  missing = missingPeer(['nginx']);
+  if (missing) return;
   const app = fixtureApp('kitchen.ts');
   [unixApp, tcpApp, noKeepApp] = await Promise.all([
     startResponder({ app, listen: 'unix' }),
@@ -62,12 +60,6 @@ function errorsSince(mark: number): string[] {
   return nginx!.errors().slice(mark);
 }
 
-function skipIfMissing(t: { skip: (msg: string) => void }): boolean {
-  if (!missing) return false;
-  t.skip(`install ${missing}`);
-  return true;
-}
-
 /** Reads one chunk, or fails after ms: a body that nginx buffers until the end would hang here. */
 async function readWithin(reader: ReadableStreamDefaultReader<Uint8Array>, ms: number, what: string): Promise<{ done: boolean; value?: Uint8Array }> {
   let timer: NodeJS.Timeout | undefined;
@@ -86,13 +78,10 @@ for (const transport of ['unix', 'tcp'] as const) {
     const url = (path: string) => `${nginx!.url}/${transport}/${path}`;
 
     test('GET returns the app body and headers', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const res = await fetch(url('hello'));
-      assert.equal(res.status, 200);
-      assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
-      assert.equal(await res.text(), 'hello\n');
-      const env = (await (await fetch(url('env?x=1'))).json()) as { role: string; url: string; params: Record<string, string> };
+      await expectHello(url);
+      const env = (await (await fetch(url('env?x=1'))).json()) as EnvReport;
       assert.equal(env.role, 'responder');
       assert.equal(env.params.REQUEST_URI, `/${transport}/env?x=1`);
       assert.equal(env.params.GATEWAY_INTERFACE, 'CGI/1.1');
@@ -101,18 +90,14 @@ for (const transport of ['unix', 'tcp'] as const) {
     });
 
     test('a 3 MiB POST body reaches the app intact', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const body = patternBytes(3 * MiB);
-      const res = await fetch(url('echo'), { method: 'POST', body, headers: { 'content-type': 'application/x-test' } });
-      assert.equal(res.status, 200);
-      const report = (await res.json()) as { method: string; size: number; sha256: string; contentType: string; contentLength: string };
-      assert.deepEqual(report, { method: 'POST', size: body.byteLength, sha256: sha256(body), contentType: 'application/x-test', contentLength: String(body.byteLength), text: null });
+      await expectLargePostEchoed(url);
       assert.deepEqual(errorsSince(mark), []);
     });
 
     test('an 8 MiB response arrives intact, as bytes and as a stream', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
       const expected = sha256(patternBytes(8 * MiB));
       for (const route of ['big', 'bigstream']) {
@@ -126,14 +111,9 @@ for (const transport of ['unix', 'tcp'] as const) {
     });
 
     test("the app's status line and headers reach the client, each Set-Cookie separate", async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const res = await fetch(url('teapot'));
-      assert.equal(res.status, 418);
-      assert.equal(res.statusText, "I'm a teapot");
-      assert.equal(res.headers.get('x-app'), 'kitchen');
-      assert.deepEqual(res.headers.getSetCookie(), ['a=1; Path=/', 'b=2; Path=/; HttpOnly', 'c=3, with comma; Path=/']);
-      assert.equal(await res.text(), 'short and stout\n');
+      await expectTeapot(url);
       const notFound = await fetch(url('status?code=404'));
       assert.equal(notFound.status, 404);
       assert.equal(await notFound.text(), 'status 404\n');
@@ -141,7 +121,7 @@ for (const transport of ['unix', 'tcp'] as const) {
     });
 
     test('a streamed body: the first chunk reaches the client while the app still holds the stream open', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
       const id = `${transport}-${Date.now()}`;
       const started = performance.now();
@@ -166,18 +146,11 @@ for (const transport of ['unix', 'tcp'] as const) {
     });
 
     test('a throwing app gives a 500, and the same upstream connection serves the next request', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
       assert.equal((await fetch(url('hello'))).status, 200);
       const before = transport === 'tcp' ? establishedServerSide(tcpApp!.port!) : [];
-      for (const route of ['throw', 'reject']) {
-        const res = await fetch(url(route));
-        assert.equal(res.status, 500, route);
-        assert.equal(await res.text(), 'Internal Server Error\n');
-        const next = await fetch(url('hello'));
-        assert.equal(next.status, 200);
-        assert.equal(await next.text(), 'hello\n');
-      }
+      await expectFailuresRecovered(url);
       if (transport === 'tcp') {
         // Requests one after another reuse nginx's cached connections: every one of them, including
         // the one that carried the 500s, is still open.
@@ -186,25 +159,13 @@ for (const transport of ['unix', 'tcp'] as const) {
         assert.ok(before.every((port) => now.includes(port)), `a connection was closed: before ${before}, now ${now}`);
       }
       // The only errors: the app's message, passed on as FastCGI stderr.
-      const errors = errorsSince(mark);
-      assert.ok(errors.length >= 2, 'the failures are logged');
-      for (const line of errors) assert.match(line, /FastCGI sent in stderr: "app: the app failed on purpose/);
+      expectOnlyAppFailuresLogged(errorsSince(mark), /FastCGI sent in stderr: "app: the app failed on purpose/);
     });
 
     test('400 requests from 50 concurrent clients all get their own answer', async (t) => {
-      if (skipIfMissing(t)) return;
+      if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const n = Array.from({ length: 400 }, (_, i) => i);
-      const results = await mapConcurrent(n, 50, async (i) => {
-        if (i % 4 === 0) {
-          const res = await fetch(url('echo'), { method: 'POST', body: `body ${i}` });
-          const report = (await res.json()) as { text: string };
-          return [res.status, report.text] as const;
-        }
-        const res = await fetch(url(`id?n=${i}`));
-        return [res.status, await res.text()] as const;
-      });
-      for (const i of n) assert.deepEqual(results[i], [200, i % 4 === 0 ? `body ${i}` : `id ${i} GET\n`]);
+      await expectConcurrentAnswers(url);
       if (transport === 'tcp') assert.ok(establishedServerSide(tcpApp!.port!).length >= 1, 'idle keepalive connections stay open');
       assert.deepEqual(errorsSince(mark), []);
     });
@@ -215,14 +176,13 @@ describe('nginx fastcgi_pass without keepalive (a connection per request)', () =
   const url = (path: string) => `${nginx!.url}/nokeep/${path}`;
 
   test('GET, POST, status and a 500 work, and the responder closes every connection', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const mark = nginx!.errors().length;
     assert.equal(await (await fetch(url('hello'))).text(), 'hello\n');
     const report = (await (await fetch(url('echo'), { method: 'POST', body: 'abc' })).json()) as { text: string };
     assert.equal(report.text, 'abc');
     assert.equal((await fetch(url('teapot'))).status, 418);
-    const big = new Uint8Array(await (await fetch(url('big?bytes=1000000'))).arrayBuffer());
-    assert.equal(sha256(big), sha256(patternBytes(1_000_000)));
+    await expectPatternBody(url('big?bytes=1000000'), 1_000_000);
     const results = await mapConcurrent(Array.from({ length: 100 }, (_, i) => i), 20, async (i) => (await fetch(url(`id?n=${i}`))).text());
     results.forEach((text, i) => assert.equal(text, `id ${i} GET\n`));
     assert.deepEqual(errorsSince(mark), []);
