@@ -25,6 +25,16 @@ before(async () => {
   apache = await startApache({
     modules: ['proxy', 'proxy_fcgi', 'authnz_fcgi', 'authn_core'],
     config: `
+# One child with more threads than the 50 concurrent clients of the load test. The event MPM closes
+# the idle keep-alive connections of a child whose workers are all busy (and of a child it retires),
+# and a client that reuses one at that moment sees it closed without an answer.
+StartServers 1
+ServerLimit 1
+ThreadsPerChild 64
+MaxRequestWorkers 64
+MinSpareThreads 1
+MaxSpareThreads 128
+
 ProxyPass "/app/" "fcgi://${tcpApp.address}/" enablereuse=on
 <Location "/sock/">
   SetHandler "proxy:unix:${unixApp.socketPath}|fcgi://localhost/"
