@@ -8,7 +8,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { processGroupMembers } from '../src/peers/index.ts';
+import { isAlive, processGroupMembers } from '../src/peers/index.ts';
 import { assertGroupGone, get, rawRequest, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -51,15 +51,6 @@ function zombiesOf(parent: number): number[] {
     }
   }
   return zombies;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function rss(pid: number): number {
@@ -178,7 +169,7 @@ describe('script lifetime', () => {
     const [, , pgrp, session] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     assert.equal(Number(pgrp), pid);
     assert.equal(Number(session), pid);
-    await waitFor('the orphan to be killed', () => (alive(pid) ? undefined : true), 4000);
+    await waitFor('the orphan to be killed', () => (isAlive(pid) ? undefined : true), 4000);
   });
 
   test('32 concurrent requests all get their own answer', async () => {
