@@ -165,6 +165,28 @@ describe('the process manager', () => {
     }
   });
 
+  test('a client that disconnects: the app sees its request aborted, and the next request is served', async () => {
+    const running = await serve(1);
+    try {
+      const base = `http://127.0.0.1:${running.port}`;
+      assert.equal((await fetch(`${base}/fcgi/upstream/pid`)).status, 200);
+      const seenAbort = (lines: readonly string[]) => lines.some((l) => l.includes('upstream-app: aborted wait left'));
+      const { lines } = await logged(async (lines) => {
+        const gone = new AbortController();
+        const pending = fetch(`${base}/fcgi/upstream/wait?tag=left`, { signal: gone.signal }).catch((e: Error) => e);
+        await sleep(300);
+        gone.abort();
+        assert.ok((await pending) instanceof Error);
+        const deadline = Date.now() + 5000;
+        while (Date.now() < deadline && !seenAbort(lines)) await sleep(20);
+      });
+      assert.ok(seenAbort(lines), `the app saw the abort:\n${lines.join('\n')}`);
+      assert.equal(await (await fetch(`${base}/fcgi/upstream/id?n=7`)).text(), 'id 7\n');
+    } finally {
+      await running.stop(2000);
+    }
+  });
+
   test('an app that fails to start: 503 with the reason', async () => {
     const running = await serve(1);
     try {
