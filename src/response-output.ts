@@ -81,34 +81,43 @@ const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const badHeaderValue = /[\0\r\n]|[^\x00-\xff]/;
 
 /**
- * The header block straight from a lightweight Response's init, without building Headers. Returns
- * undefined when a name or value needs the real Headers' checks (which then throw, as they should).
+ * Calls `emit` for each header of a lightweight Response's init, without building Headers, and for
+ * the default Content-Type of a string body. Returns false, having emitted nothing or only part,
+ * when a name or value needs the real Headers' checks (which then throw, as they should).
  */
-function lightweightHeaderBlock(parts: LightweightParts): string | undefined {
-  let head = `Status: ${parts.status} ${parts.statusText || reasonPhrase(parts.status)}\r\n`;
+export function forEachLightweightHeader(parts: LightweightParts, emit: (name: string, value: string) => void): boolean {
   let hasContentType = false;
   const init = parts.headers as unknown;
   if (init !== undefined) {
     let entries: Iterable<readonly [string, string]>;
     if (init instanceof Headers) {
       // Already validated and lower-cased by Headers; only Set-Cookie needs its own lines.
-      for (const [name, value] of init) if (name !== 'set-cookie') head += `${name}: ${value}\r\n`;
-      for (const cookie of init.getSetCookie()) head += `set-cookie: ${cookie}\r\n`;
+      for (const [name, value] of init) if (name !== 'set-cookie') emit(name, value);
+      for (const cookie of init.getSetCookie()) emit('set-cookie', cookie);
       hasContentType = init.has('content-type');
       entries = [];
     } else if (Array.isArray(init)) entries = init as Array<[string, string]>;
     else if (typeof init === 'object' && init !== null) entries = Object.entries(init as Record<string, string>);
-    else return undefined;
+    else return false;
     for (const pair of entries) {
-      if (pair.length !== 2) return undefined;
+      if (pair.length !== 2) return false;
       const name = pair[0];
       const value = String(pair[1]).trim();
-      if (!headerName.test(name) || badHeaderValue.test(value)) return undefined;
+      if (!headerName.test(name) || badHeaderValue.test(value)) return false;
       if (!hasContentType && name.length === 12 && name.toLowerCase() === 'content-type') hasContentType = true;
-      head += `${name}: ${value}\r\n`;
+      emit(name, value);
     }
   }
   // A string body gets the default type undici would give it (Fetch standard, "extract a body").
-  if (!hasContentType && typeof parts.body === 'string') head += 'content-type: text/plain;charset=UTF-8\r\n';
-  return head + '\r\n';
+  if (!hasContentType && typeof parts.body === 'string') emit('content-type', 'text/plain;charset=UTF-8');
+  return true;
+}
+
+/** The header block straight from a lightweight Response's init; undefined when the real Headers must judge it. */
+function lightweightHeaderBlock(parts: LightweightParts): string | undefined {
+  let head = `Status: ${parts.status} ${parts.statusText || reasonPhrase(parts.status)}\r\n`;
+  const complete = forEachLightweightHeader(parts, (name, value) => {
+    head += `${name}: ${value}\r\n`;
+  });
+  return complete ? head + '\r\n' : undefined;
 }

@@ -3,7 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { createLazyRequest, type App, type AppContext } from '../handler.ts';
 import { LazyAbort } from '../lazy-abort.ts';
-import { cgiHeaderBlock, plainBody } from '../response-output.ts';
+import { lightweightParts } from '../lightweight-response.ts';
+import { forEachLightweightHeader, plainBody } from '../response-output.ts';
 import { logError } from '../log.ts';
 
 /**
@@ -26,21 +27,25 @@ function paramsOf(req: IncomingMessage): Record<string, string> {
   return params;
 }
 
-/** Splits a CGI header block back into status and headers for node:http. */
-function writeHead(res: ServerResponse, head: string, contentLength?: number): void {
-  const lines = head.split('\r\n');
-  let status = 200;
-  const headers: Array<[string, string]> = [];
-  for (const line of lines) {
-    if (!line) continue;
-    const colon = line.indexOf(':');
-    const name = line.slice(0, colon);
-    const value = line.slice(colon + 2);
-    if (name === 'Status') status = Number(value.slice(0, 3));
-    else headers.push([name, value]);
+/**
+ * Status and headers straight from the Response into node:http, as a server built on node:http
+ * would write them: no CGI header block in between (that is the gateway's cost, not this path's).
+ */
+function writeHead(res: ServerResponse, response: Response, contentLength?: number): void {
+  const headers: string[] = [];
+  const push = (name: string, value: string) => {
+    headers.push(name, value);
+  };
+  const light = lightweightParts(response);
+  // Read from the lightweight form's init while it holds: asking the Response itself builds the real one.
+  const fromInit = light !== undefined && forEachLightweightHeader(light, push);
+  if (!fromInit) {
+    headers.length = 0;
+    for (const [name, value] of response.headers) if (name !== 'set-cookie') push(name, value);
+    for (const cookie of response.headers.getSetCookie()) push('set-cookie', cookie);
   }
-  if (contentLength !== undefined) headers.push(['content-length', String(contentLength)]);
-  res.writeHead(status, headers.flat());
+  if (contentLength !== undefined) headers.push('content-length', String(contentLength));
+  res.writeHead(response.status, (fromInit ? light.statusText : response.statusText) || undefined, headers);
 }
 
 export function fetchRequestListener(app: App): (req: IncomingMessage, res: ServerResponse) => void {
@@ -67,14 +72,13 @@ export function fetchRequestListener(app: App): (req: IncomingMessage, res: Serv
     Promise.resolve()
       .then(() => app.fetch(request, context))
       .then(async (response) => {
-        const head = cgiHeaderBlock(response);
         const body = req.method === 'HEAD' ? null : plainBody(response);
         if (body !== undefined) {
-          writeHead(res, head, body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
+          writeHead(res, response, body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
           res.end(body ?? undefined);
           return;
         }
-        writeHead(res, head);
+        writeHead(res, response);
         for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
           if (!res.write(chunk)) await new Promise((resolve) => res.once('drain', resolve));
         }
