@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { RecordDecoder } from '../src/fastcgi/decoder.ts';
+import { splitAt } from '../src/fuzz/check.ts';
 import { decodePairs, encodePairs } from '../src/fastcgi/pairs.ts';
 import {
   FCGI_BEGIN_REQUEST,
@@ -158,19 +159,6 @@ const recordArb = fc.record({
   content: fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
 });
 
-/** Cuts `bytes` at the given points (taken modulo its length). */
-function chunked(bytes: Buffer, cuts: number[]): Buffer[] {
-  const points = [...new Set(cuts.map((c) => (bytes.length ? c % bytes.length : 0)))].sort((a, b) => a - b);
-  const chunks: Buffer[] = [];
-  let last = 0;
-  for (const p of points) {
-    chunks.push(bytes.subarray(last, p));
-    last = p;
-  }
-  chunks.push(bytes.subarray(last));
-  return chunks;
-}
-
 describe('properties', () => {
   test('decode(encode(records)) = records', () => {
     fc.assert(
@@ -185,7 +173,7 @@ describe('properties', () => {
     fc.assert(
       fc.property(fc.array(recordArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 40 }), (records, cuts) => {
         const bytes = Buffer.concat(records.map((r) => encodeRecord(r.type, r.requestId, r.content)));
-        assert.deepEqual(decodeAll(chunked(bytes, cuts)), decodeAll([bytes]));
+        assert.deepEqual(decodeAll(splitAt(bytes, cuts)), decodeAll([bytes]));
       }),
     );
   });
@@ -195,7 +183,7 @@ describe('properties', () => {
       fc.property(fc.integer({ min: 0, max: 200_000 }), fc.array(fc.nat(), { maxLength: 10 }), (length, cuts) => {
         const content = Buffer.alloc(length, 7);
         const bytes = Buffer.concat([encodeStream(FCGI_STDOUT, 9, content), encodeRecord(FCGI_STDOUT, 9)]);
-        const records = decodeAll(chunked(bytes, cuts));
+        const records = decodeAll(splitAt(bytes, cuts));
         assert.ok(records.every((r) => r.content.length / 2 <= 65535));
         assert.equal(records.at(-1)!.content, '');
         assert.equal(records.reduce((n, r) => n + r.content.length / 2, 0), length);
@@ -218,7 +206,7 @@ describe('properties', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 2000 }), fc.array(fc.nat(), { maxLength: 10 }), (bytes, cuts) => {
         try {
-          decodeAll(chunked(Buffer.from(bytes), cuts));
+          decodeAll(splitAt(Buffer.from(bytes), cuts));
         } catch (err) {
           assert.ok(err instanceof FastCGIProtocolError, String(err));
         }

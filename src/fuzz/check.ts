@@ -74,10 +74,13 @@ export async function checkFor(target: string, name: string, property: AnyProper
   return result;
 }
 
-/** Splits `bytes` at the given cut points (any numbers; taken modulo the length, sorted, deduplicated). */
+/**
+ * Splits `bytes` at the given cut points (any numbers; taken modulo the length, sorted, deduplicated).
+ * A cut at 0 gives an empty first chunk: a read of nothing must change nothing either.
+ */
 export function splitAt(bytes: Buffer, cuts: readonly number[]): Buffer[] {
   if (bytes.length === 0) return [bytes];
-  const points = [...new Set(cuts.map((c) => Math.abs(c) % bytes.length))].filter((c) => c > 0).sort((a, b) => a - b);
+  const points = [...new Set(cuts.map((c) => Math.abs(c) % bytes.length))].sort((a, b) => a - b);
   const out: Buffer[] = [];
   let from = 0;
   for (const p of points) {
