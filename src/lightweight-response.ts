@@ -81,6 +81,14 @@ export class LightweightResponse {
     return new LightweightResponse(body, { ...init, headers }) as unknown as Response;
   }
 
+  /**
+   * Real undici Responses count as Responses too (`fetch()` results, `Response.redirect()`): app code
+   * and the responder test `instanceof Response` against this class once it is the global one.
+   */
+  static [Symbol.hasInstance](value: unknown): boolean {
+    return value instanceof GlobalResponse;
+  }
+
   static error(): Response {
     return GlobalResponse.error();
   }
@@ -124,7 +132,8 @@ export interface LightweightParts {
 
 /** The parts of a Response still in its lightweight form, or undefined once the real one exists. */
 export function lightweightParts(response: unknown): LightweightParts | undefined {
-  if (!(response instanceof LightweightResponse)) return undefined;
+  // Own fields, not instanceof: every Response passes instanceof LightweightResponse (see above).
+  if (typeof response !== 'object' || response === null || !Object.hasOwn(response, kBody)) return undefined;
   const fields = response as unknown as LightweightFields;
   if (fields[kReal]) return undefined;
   const init = fields[kInit];

@@ -1,5 +1,5 @@
 // Turns a Fetch Response into CGI output: the `Status:` header block, and the body as bytes or a stream.
-import { lightweightParts, type LightweightParts } from './lightweight-response.ts';
+import { GlobalResponse, lightweightParts, type LightweightParts } from './lightweight-response.ts';
 
 const reasonPhrases: Record<number, string> = {
   100: 'Continue', 101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 203: 'Non-Authoritative Information',
@@ -51,7 +51,8 @@ let stateSymbol: symbol | null | undefined;
 // undici keeps the body it was constructed with (a string or bytes) as `[Symbol(state)].body.source`.
 // Reading it skips a ReadableStream per response; if the layout ever changes, the stream path is used.
 function findStateSymbol(): symbol | null {
-  const probe = new Response('probe');
+  // The real class: the global one may be the lightweight Response, which has no undici state.
+  const probe = new GlobalResponse('probe');
   for (const sym of Object.getOwnPropertySymbols(probe)) {
     const state = (probe as unknown as Record<symbol, { body?: { source?: unknown } }>)[sym];
     if (sym.description === 'state' && state?.body?.source === 'probe') return sym;

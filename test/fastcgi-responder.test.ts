@@ -23,7 +23,11 @@ import { encodeRecord, encodeStream } from '../src/fastcgi/record.ts';
 import { Responder, type ResponderOptions } from '../src/fastcgi/responder.ts';
 import { startResponderServer, type ResponderServer } from '../src/fastcgi/server.ts';
 import type { App, AppContext } from '../src/handler.ts';
+import { GlobalResponse, installLightweightResponse } from '../src/lightweight-response.ts';
 import { WireClient, parseCgiResponse } from './fastcgi-wire.ts';
+
+// As `cgi-runner fcgi` runs apps: `new Response(...)` builds the lightweight form.
+installLightweightResponse();
 
 const get = (uri = '/', extra: Record<string, string> = {}) => ({ REQUEST_METHOD: 'GET', REQUEST_URI: uri, HTTP_HOST: 'example.test', SERVER_PROTOCOL: 'HTTP/1.1', ...extra });
 
@@ -73,6 +77,11 @@ const app: App = {
       case '/slow':
         await sleep(Number(url.searchParams.get('ms') ?? 200));
         return new Response('slow done');
+      case '/real':
+        // What `return fetch(upstream)` hands back: an undici Response, not the lightweight one.
+        return new GlobalResponse('from upstream\n', { status: 201, headers: { 'x-upstream': 'yes' } });
+      case '/redirect':
+        return Response.redirect('https://example.test/next', 301);
       case '/whoami':
         return Response.json({ method: request.method, url: request.url, role: context.role, hasBody: request.body !== null, isRequest: request instanceof Request });
       default:
@@ -132,6 +141,20 @@ describe('requests and responses', () => {
     c.request(1, { REQUEST_METHOD: 'GET', REQUEST_URI: '/whoami?x=1', HTTP_HOST: 'site.example:8443', HTTPS: 'on' });
     const body = JSON.parse(parseCgiResponse((await c.response(1)).stdout).body.toString());
     assert.deepEqual(body, { method: 'GET', url: 'https://site.example:8443/whoami?x=1', role: 'responder', hasBody: false, isRequest: true });
+    c.close();
+  });
+
+  test('a real undici Response (a fetch() result, Response.redirect) is sent like any other', async () => {
+    const c = await WireClient.connect(port);
+    c.request(1, get('/real'));
+    c.request(2, get('/redirect'));
+    const real = parseCgiResponse((await c.response(1)).stdout);
+    assert.equal(real.status, 201);
+    assert.deepEqual(real.headers.find(([n]) => n === 'x-upstream'), ['x-upstream', 'yes']);
+    assert.equal(real.body.toString(), 'from upstream\n');
+    const redirect = parseCgiResponse((await c.response(2)).stdout);
+    assert.equal(redirect.status, 301);
+    assert.deepEqual(redirect.headers.find(([n]) => n === 'location'), ['location', 'https://example.test/next']);
     c.close();
   });
 

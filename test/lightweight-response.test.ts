@@ -51,3 +51,10 @@ test('a stream body is a real Response at once', async () => {
   assert.equal(lightweightParts(res), undefined);
   assert.equal(await res.text(), 's');
 });
+
+test('a real Response built from a string still gives its body without a stream, with the lightweight class installed', () => {
+  const real = new GlobalResponse('plain body', { headers: { 'x-a': '1' } });
+  assert.equal(lightweightParts(real), undefined);
+  assert.ok(real instanceof Response, 'a real Response is a Response to app code');
+  assert.equal(plainBody(real), 'plain body');
+});
