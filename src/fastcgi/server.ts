@@ -11,6 +11,9 @@ export interface ResponderServer {
 }
 
 export async function startResponderServer(responder: Responder, target: ListenTarget, socketMode: number): Promise<ResponderServer> {
+  // No allowHalfOpen: a FIN from the web server means it went away. nginx closes the upstream
+  // connection when its client aborts (it never sends FCGI_ABORT_REQUEST), and that close must abort
+  // the app's request; no web server half-closes a FastCGI connection and still waits for the answer.
   const server = net.createServer({ noDelay: true }, (socket) => responder.handleConnection(socket));
   server.on('error', (err) => logError(`fastcgi: listener error: ${err.message}`));
   await listenOn(server, target, socketMode);
