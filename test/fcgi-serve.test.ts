@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -26,6 +27,18 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The raw bytes of the answer to a GET, read until the server closes the connection. */
+function rawGet(port: number, target: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (c) => chunks.push(c));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  });
 }
 
 let apps: TempDir;
@@ -182,6 +195,18 @@ describe('the process manager', () => {
       });
       assert.ok(seenAbort(lines), `the app saw the abort:\n${lines.join('\n')}`);
       assert.equal(await (await fetch(`${base}/fcgi/upstream/id?n=7`)).text(), 'id 7\n');
+    } finally {
+      await running.stop(2000);
+    }
+  });
+
+  test('an app that sends less than its Content-Length: the client gets the status and what was sent, then the connection closes', async () => {
+    const running = await serve(1);
+    try {
+      const r = await rawGet(running.port, '/fcgi/upstream/short');
+      assert.match(r, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.match(r, /\r\ncontent-length: 10\r\n/i);
+      assert.ok(r.endsWith('\r\n\r\nshor'), JSON.stringify(r));
     } finally {
       await running.stop(2000);
     }

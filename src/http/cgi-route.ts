@@ -1,5 +1,4 @@
 // The /cgi-bin/ route: turns an HTTP request into a CGI invocation (script, environment, body) for the host, and the script's response back into HTTP (RFC 3875 §6).
-import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { isindexArgs } from '../cgi/env.ts';
 import type { CgiHost } from '../cgi/host.ts';
@@ -7,7 +6,7 @@ import type { CgiHead } from '../cgi/response.ts';
 import { resolveScript, type ScriptDirectory } from '../cgi/resolve.ts';
 import { logError } from '../log.ts';
 import { requestInput } from './cgi-request.ts';
-import { writeResponseHead } from './cgi-response-writer.ts';
+import { sendResponse } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
 export interface CgiRouteOptions {
@@ -85,68 +84,9 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         return request.redirect(head.location!);
       }
       if (head.nph) return sendRaw(request, head, scriptBody);
-      sendResponse(request, head, scriptBody, location.scriptName);
+      sendResponse(request, head, scriptBody, { who: 'cgi: the script', target: location.scriptName });
     },
   };
-}
-
-/** Status line and headers from the script's head, then its body as it arrives. */
-function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, scriptName: string): void {
-  const { res } = request;
-  if (!writeResponseHead(request, head, body, "cgi: the script's headers", scriptName)) return;
-  const limit = head.contentLength;
-  // Node sends no body for HEAD (and 204/304); the log counts what was sent.
-  const counted = request.req.method !== 'HEAD' && head.status !== 204 && head.status !== 304;
-  let sent = 0;
-  const onData = (chunk: Buffer) => {
-    if (limit !== undefined && sent + chunk.length > limit) {
-      // More than the script announced: the excess would be read as the next response.
-      chunk = chunk.subarray(0, limit - sent);
-      logError(`cgi: the script wrote more than its Content-Length of ${limit}`, { target: scriptName });
-      body.off('data', onData);
-      body.destroy();
-      sent += chunk.length;
-      if (counted) request.bytes += chunk.length;
-      res.end(chunk);
-      return;
-    }
-    sent += chunk.length;
-    if (counted) request.bytes += chunk.length;
-    if (!res.write(chunk)) {
-      body.pause();
-      res.once('drain', () => body.resume());
-    }
-  };
-  body.on('data', onData);
-  body.once('end', () => {
-    if (limit !== undefined && sent < limit && request.method !== 'HEAD' && head.status !== 204 && head.status !== 304) {
-      // Fewer bytes than announced: end the connection, so the client sees a cut response rather
-      // than waiting for bytes that will never come.
-      logError(`cgi: the script wrote ${sent} of its Content-Length of ${limit} bytes`, { target: scriptName });
-      cut(res);
-      return;
-    }
-    res.end();
-  });
-  // Killed mid-way (timeout) or the client left: the response is cut, not completed.
-  body.once('error', () => cut(res));
-  res.once('close', () => {
-    if (!body.readableEnded) body.destroy();
-  });
-}
-
-/**
- * Ends a response that cannot be completed: what was written is flushed, then the connection is
- * closed, so the client sees a short body (or a chunked body without its last chunk).
- */
-function cut(res: ServerResponse): void {
-  const socket = res.socket;
-  if (socket && !socket.destroyed) {
-    // writeHead only stores the head: with no body byte written yet it would never leave, and the
-    // client would see a connection closed without any answer.
-    res.flushHeaders();
-    socket.end();
-  } else res.destroy();
 }
 
 /**

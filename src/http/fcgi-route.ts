@@ -7,7 +7,7 @@ import { FastCGIClient, FastCGIUpstreamError, type FastCGIClientOptions, type Fa
 import { ProcessManager } from '../fastcgi/process-manager.ts';
 import { logError, logInfo } from '../log.ts';
 import { requestInput } from './cgi-request.ts';
-import { writeResponseHead } from './cgi-response-writer.ts';
+import { sendResponse } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
 const appExtensions = ['.ts', '.mts', '.js', '.mjs'];
@@ -81,37 +81,7 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
     }
     return request.redirect(head.location!);
   }
-  send(request, response, target.scriptName);
-}
-
-/** Status line and headers, then the body as it arrives; a body cut by the upstream cuts the response. */
-function send(request: RouteRequest, response: FastCGIResponse, scriptName: string): void {
-  const { res } = request;
-  const { head, body } = response;
-  if (!writeResponseHead(request, head, body, 'fastcgi: the response headers', scriptName)) return;
-  const limit = head.contentLength;
-  let sent = 0;
-  body.on('data', (chunk: Buffer) => {
-    if (limit !== undefined && sent + chunk.length > limit) chunk = chunk.subarray(0, limit - sent);
-    sent += chunk.length;
-    request.bytes += chunk.length;
-    if (!res.write(chunk)) {
-      body.pause();
-      res.once('drain', () => body.resume());
-    }
-  });
-  body.once('end', () => {
-    if (limit !== undefined && sent < limit && request.method !== 'HEAD' && head.status !== 204 && head.status !== 304) {
-      // Fewer bytes than announced: close, so the client sees a cut response rather than waiting.
-      res.destroy();
-      return;
-    }
-    res.end();
-  });
-  body.once('error', () => res.destroy());
-  res.once('close', () => {
-    if (!body.readableEnded) body.destroy();
-  });
+  sendResponse(request, response.head, response.body, { who: 'fastcgi: the app', target: target.scriptName });
 }
 
 /**
