@@ -3,10 +3,11 @@
 // Each target is measured with wrk at 16 connections through the same nginx, in alternating rounds
 // (A B C A B C …); the median round is reported, and the ratios against the baselines are the
 // headline, since absolute numbers depend on the machine.
-import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { median } from './histogram.ts';
+import { runWrk, type WrkSample as Sample } from './wrk.ts';
 import { freePort, startNginx, startPhpFpm, startProcess, stop, stopAll, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -16,40 +17,21 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '16' },
     'access-log': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h' },
   },
 });
+if (values.help) {
+  process.stdout.write(
+    'usage: npm run bench:responder -- [--duration SECONDS (5)] [--rounds N (3)] [--connections N (16)] [--access-log]\n\n' +
+      'One responder process behind nginx against one php-fpm worker and against the same app on plain node:http behind the same nginx,\n' +
+      'wrk in alternating rounds; prints the medians and the ratios. --access-log turns on the responder\'s access log.\n',
+  );
+  process.exit(0);
+}
 const duration = Number(values.duration);
 const rounds = Number(values.rounds);
 const connections = Number(values.connections);
 
-interface Sample {
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-  errors: number;
-}
-
-function toMs(text: string): number {
-  const m = /^([\d.]+)(us|ms|s)$/.exec(text.trim());
-  if (!m) return NaN;
-  const n = Number(m[1]);
-  return m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n;
-}
-
-function wrk(url: string, seconds: number): Sample {
-  const out = spawnSync('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', url], { encoding: 'utf8' });
-  if (out.status !== 0) throw new Error(`bench: wrk failed: ${out.stderr}`);
-  const text = out.stdout;
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
-  const p50 = toMs(/^\s+50%\s+(\S+)/m.exec(text)?.[1] ?? '');
-  const p99 = toMs(/^\s+99%\s+(\S+)/m.exec(text)?.[1] ?? '');
-  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(text)?.[1] ?? 0);
-  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
-  const errors = non2xx + (socket ? socket.slice(1).reduce((n, v) => n + Number(v), 0) : 0);
-  return { rps, p50Ms: p50, p99Ms: p99, errors };
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
   const procs: ManagedProcess[] = [];
@@ -85,11 +67,11 @@ async function main(): Promise<void> {
     for (const t of targets) {
       const body = await (await fetch(`${nginx.url}/${t}`)).text();
       if (body !== 'hello\n') throw new Error(`bench: ${t} answered ${JSON.stringify(body)}`);
-      wrk(`${nginx.url}/${t}`, 1); // warm-up: JIT, connection pools
+      await runWrk(`${nginx.url}/${t}`, { threads: 1, connections, seconds: 1 }); // warm-up: JIT, connection pools
     }
     for (let round = 1; round <= rounds; round++) {
       for (const t of targets) {
-        const s = wrk(`${nginx.url}/${t}`, duration);
+        const s = await runWrk(`${nginx.url}/${t}`, { threads: 1, connections, seconds: duration });
         samples.get(t)!.push(s);
         process.stderr.write(`round ${round}/${rounds} ${t}: ${s.rps.toFixed(0)} req/s, p99 ${s.p99Ms.toFixed(2)} ms\n`);
       }

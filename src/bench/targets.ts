@@ -236,6 +236,7 @@ export const TARGETS: readonly TargetSpec[] = [
       const cgiDir = path.dirname(script);
       const apache = await startApache({
         modules: ['cgid', 'alias'],
+        accessLog: false, // as the shared nginx: no target pays for an access log
         dir: await mkdirShared(path.join(env.dir, 'apache')),
         config: [
           `ScriptAlias /cgi-bin/ ${cgiDir}/`,

@@ -10,6 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
+import { median } from '../bench/histogram.ts';
+import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
 const execFileAsync = promisify(execFile);
@@ -22,8 +24,17 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     json: { type: 'string' },
     'skip-throughput': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
   },
 });
+if (values.help) {
+  process.stdout.write(
+    'usage: npm run bench:cgi -- [--requests N (2000)] [--duration SECONDS (10)] [--rounds N (3)] [--json FILE] [--skip-throughput]\n\n' +
+      'The runner\'s overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the spawner helper and a\n' +
+      'node:http hello), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid.\n',
+  );
+  process.exit(0);
+}
 const requests = Number(values.requests);
 const duration = Number(values.duration);
 const rounds = Number(values.rounds);
@@ -131,9 +142,6 @@ function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
-function median(xs: number[]): number {
-  return quantile([...xs].sort((a, b) => a - b), 0.5);
-}
 
 async function startServeProcess(name: string, cgiDir: string, env: Record<string, string> = {}): Promise<Target & { port: number }> {
   const port = await freePort();
@@ -188,18 +196,10 @@ $HTTP["url"] =~ "^/cgi-bin/" { cgi.assign = ("" => "") }
 async function startApacheCgid(cgiDir: string): Promise<Target> {
   const apache = await startApache({
     modules: ['cgid', 'alias'],
+    accessLog: false, // lighttpd here writes none either
     config: `ScriptAlias /cgi-bin/ ${cgiDir}/\n<Directory ${cgiDir}>\n  Require all granted\n</Directory>\nKeepAliveTimeout 30\nMaxKeepAliveRequests 0`,
   });
   return { name: 'Apache mod_cgid', url: `${apache.url}/cgi-bin/hello.sh`, pids: () => [apache.pid], stop: () => apache.stop() };
-}
-
-async function wrk(url: string, connections: number): Promise<number> {
-  const threads = Math.min(connections, Math.max(1, os.availableParallelism()));
-  const { stdout } = await execFileAsync('wrk', [`-t${threads}`, `-c${connections}`, `-d${duration}s`, url], { timeout: (duration + 30) * 1000 });
-  const m = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
-  if (!m) throw new Error(`cgi-measure: no Requests/sec in wrk output:\n${stdout}`);
-  if (/Non-2xx/.test(stdout)) throw new Error(`cgi-measure: ${url} answered errors:\n${stdout}`);
-  return Number(m[1]);
 }
 
 async function main(): Promise<void> {
@@ -271,7 +271,9 @@ async function main(): Promise<void> {
       for (const c of [1, 16]) {
         for (let round = 0; round < rounds; round++) {
           for (const target of targets) {
-            const rps = await wrk(target.url, c);
+            const sample = await runWrk(target.url, { threads: Math.min(c, Math.max(1, os.availableParallelism())), connections: c, seconds: duration });
+            if (sample.errors > 0) throw new Error(`cgi-measure: ${target.name} had ${sample.errors} errors at ${c} connections`);
+            const rps = sample.rps;
             ((results[target.name] ??= {})[`c${c}`] ??= []).push(rps);
           }
         }

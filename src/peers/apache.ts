@@ -25,6 +25,8 @@ export interface ApacheOptions {
   port?: number;
   /** Default "warn". */
   logLevel?: string;
+  /** Write access.log (default true); benchmarks turn it off, as they do nginx's. */
+  accessLog?: boolean;
   timeoutMs?: number;
   binary?: string;
 }
@@ -140,7 +142,7 @@ DefaultRuntimeDir ${path.join(dir, 'run')}
 ErrorLog ${errorLogPath}
 LogLevel ${options.logLevel ?? 'warn'}
 LogFormat "%h %l %u %t \\"%r\\" %>s %b" common
-CustomLog ${accessLogPath} common
+${options.accessLog === false ? '' : `CustomLog ${accessLogPath} common`}
 ${loadModuleLines(modules)}
 ${user}${mime}DocumentRoot "${documentRoot}"
 <IfModule cgid_module>
