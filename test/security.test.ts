@@ -355,6 +355,16 @@ describe('FastCGI: the responder and fcgi --cgi-dir', () => {
     client.close();
   });
 
+  test('--cgi-dir: a NUL byte in a param (FastCGI carries any byte) is a 400; the script does not run', async () => {
+    const client = await WireClient.connect(wrapperPort);
+    client.request(1, { ...base, REQUEST_URI: '/env', SCRIPT_NAME: '/env', SCRIPT_FILENAME: path.join(cgiDir, 'env'), HTTP_X_A: 'a\0b' });
+    const r = await client.response(1, 10_000);
+    const res = parseCgiResponse(r.stdout);
+    assert.equal(res.status, 400);
+    assert.doesNotMatch(res.body.toString(), /HTTP_X_A/);
+    client.close();
+  });
+
   test("response splitting: an app's header value with CR/LF is a 500, a script's is a 502; nothing injected", async () => {
     const app = await WireClient.connect(appPort);
     for (const [id, value] of [[1, 'a\r\nSet-Cookie: evil=1'], [2, 'a\nSet-Cookie: evil=1'], [3, 'a\rSet-Cookie: evil=1'], [4, 'a\0b']] as const) {

@@ -43,11 +43,6 @@ export interface CgiRequestFacts {
   extra?: Record<string, string>;
 }
 
-/** The request cannot be represented as an environment (a NUL byte in a value): a client error. */
-export class CgiEnvError extends Error {
-  readonly status = 400;
-}
-
 // Headers that become something other than HTTP_*, or nothing. Content-Type and Content-Length
 // are CONTENT_TYPE and CONTENT_LENGTH (§4.1.3, §4.1.2; §4.1.18 lets a server leave out the
 // HTTP_ copies). Transfer-Encoding is gone once the body has been de-chunked. Proxy would become
@@ -74,8 +69,8 @@ function bytesToUtf8(value: string): string {
 
 /**
  * The environment of a CGI script for one request. The result holds only CGI variables and PATH:
- * never anything of the runner's own environment. Throws CgiEnvError when a value holds a NUL
- * byte, which no environment can carry.
+ * never anything of the runner's own environment. (A NUL byte in a value is refused where the
+ * script is started: see CgiHost.run.)
  */
 export function cgiEnv(facts: CgiRequestFacts): Record<string, string> {
   const env: Record<string, string> = {};
@@ -149,9 +144,6 @@ export function cgiEnv(facts: CgiRequestFacts): Record<string, string> {
   if (facts.remoteUser !== undefined) env.REMOTE_USER = facts.remoteUser;
   if (facts.extra) Object.assign(env, facts.extra);
 
-  for (const name in env) {
-    if (env[name]!.includes('\0')) throw new CgiEnvError(`cgi: ${name} holds a NUL byte`);
-  }
   return env;
 }
 

@@ -1,7 +1,7 @@
 // Turns an HTTP request into what a CGI script or FastCGI app is given: its body (read first when chunked) and its environment (RFC 3875 §4).
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { cgiEnv, CgiEnvError } from '../cgi/env.ts';
+import { cgiEnv } from '../cgi/env.ts';
 import { logError } from '../log.ts';
 import type { RouteRequest } from './server.ts';
 import { spoolBody } from './spool.ts';
@@ -47,7 +47,7 @@ async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemo
 
 /**
  * What a script or app is given for this request: its body and its environment. Undefined when the
- * request has been answered already (see readRequestBody and requestEnv).
+ * request has been answered already (see readRequestBody).
  */
 export async function requestInput(
   request: RouteRequest,
@@ -58,8 +58,7 @@ export async function requestInput(
 ): Promise<{ body: Readable | null; env: Record<string, string> } | undefined> {
   const incoming = await readRequestBody(request, maxBody, spoolMemory);
   if (!incoming) return undefined;
-  const env = requestEnv(request, incoming, target, settings);
-  return env ? { body: incoming.body, env } : undefined;
+  return { body: incoming.body, env: requestEnv(request, incoming, target, settings) };
 }
 
 /** Where the request goes, as CGI variables (§4.1.5, §4.1.13, §4.1.7). */
@@ -79,39 +78,31 @@ export interface EnvSettings {
 }
 
 /**
- * The request's CGI environment; undefined when the request cannot be put into one (it has been
- * answered with 400 and its body drained).
+ * The request's CGI environment. A NUL byte, which no environment can carry, cannot arrive here:
+ * Node's HTTP parser refuses it in the request line and headers, and path decoding refuses %00.
+ * (Over FastCGI it can: the CGI host checks the environment it is given.)
  */
-function requestEnv(request: RouteRequest, incoming: RequestBody, target: ScriptTarget, settings: EnvSettings): Record<string, string> | undefined {
+function requestEnv(request: RouteRequest, incoming: RequestBody, target: ScriptTarget, settings: EnvSettings): Record<string, string> {
   const { req } = request;
   const socket = req.socket;
-  try {
-    return cgiEnv({
-      method: request.method,
-      requestUri: request.target,
-      protocol: `HTTP/${req.httpVersion}`,
-      headers: req.rawHeaders,
-      ...target,
-      remoteAddr: plainAddress(socket.remoteAddress),
-      remotePort: socket.remotePort ?? 0,
-      serverAddr: plainAddress(socket.localAddress),
-      serverPort: socket.localPort ?? 0,
-      tls: (socket as TLSSocket).encrypted === true,
-      contentLength: incoming.contentLength,
-      serverSoftware: settings.serverSoftware,
-      passAuth: settings.passAuth,
-      path: settings.path,
-      // After a local redirect, Apache's names for where the request first went.
-      extra: request.redirects > 0 ? redirectVars(req.url ?? '/') : undefined,
-    });
-  } catch (err) {
-    if (err instanceof CgiEnvError) {
-      incoming.body?.resume();
-      request.error(400);
-      return undefined;
-    }
-    throw err;
-  }
+  return cgiEnv({
+    method: request.method,
+    requestUri: request.target,
+    protocol: `HTTP/${req.httpVersion}`,
+    headers: req.rawHeaders,
+    ...target,
+    remoteAddr: plainAddress(socket.remoteAddress),
+    remotePort: socket.remotePort ?? 0,
+    serverAddr: plainAddress(socket.localAddress),
+    serverPort: socket.localPort ?? 0,
+    tls: (socket as TLSSocket).encrypted === true,
+    contentLength: incoming.contentLength,
+    serverSoftware: settings.serverSoftware,
+    passAuth: settings.passAuth,
+    path: settings.path,
+    // After a local redirect, Apache's names for where the request first went.
+    extra: request.redirects > 0 ? redirectVars(req.url ?? '/') : undefined,
+  });
 }
 
 function refuseBody(request: RouteRequest): undefined {
