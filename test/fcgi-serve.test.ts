@@ -131,13 +131,14 @@ describe('the process manager', () => {
     }
   });
 
-  test('kill -9 of the app process during load: requests in flight get 502, every later one succeeds once it is restarted', async () => {
+  test('kill -9 of the app process during load: a POST in flight gets 502, a GET in flight goes again to the restarted process, every later request succeeds', async () => {
     const running = await serve(1);
     try {
       const base = `http://127.0.0.1:${running.port}`;
       const first = Number(await (await fetch(`${base}/fcgi/upstream/pid`)).text());
       const results: Array<{ start: number; end: number; status: number; pid: number }> = [];
       let killedAt = 0;
+      let inFlight: { post: { status: number; text: string }; get: { status: number; text: string } } | undefined;
       const { lines } = await logged(async () => {
         // Until the restarted process has served 20 requests (its start takes long on a busy machine).
         const deadline = performance.now() + 40_000;
@@ -156,10 +157,19 @@ describe('the process manager', () => {
         const load = Promise.all(Array.from({ length: 8 }, worker));
         // Under load: 20 requests answered, 8 more in flight.
         while (results.length < 20) await sleep(10);
+        // Surely in flight at the kill: a POST (its body is gone with the process: 502) and a GET
+        // (sent again to the replacement, as nginx's fastcgi_next_upstream does).
+        const post = fetch(`${base}/fcgi/upstream/slowpid?ms=5000`, { method: 'POST', body: 'gone with the process' }).then(async (r) => ({ status: r.status, text: await r.text() }));
+        const get = fetch(`${base}/fcgi/upstream/slowpid?ms=300`).then(async (r) => ({ status: r.status, text: await r.text() }));
+        await sleep(200);
         killedAt = performance.now();
         process.kill(first, 'SIGKILL');
         await load;
+        inFlight = { post: await post, get: await get };
       });
+      assert.equal(inFlight!.post.status, 502, 'a POST in flight when its process died');
+      assert.equal(inFlight!.get.status, 200, 'a bodyless GET in flight went again to the replacement');
+      assert.notEqual(Number(inFlight!.get.text), first);
       const before = results.filter((r) => r.end < killedAt);
       const during = results.filter((r) => r.start < killedAt && r.end >= killedAt);
       const later = results.filter((r) => r.start >= killedAt);
