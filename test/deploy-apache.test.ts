@@ -8,13 +8,11 @@ import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployApache, startFcgi, type DeployApache, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
-import { fcgiCommand as fcgiCli } from '../src/commands/fcgi.ts';
 import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
 const PASSWORD = 'correct horse';
-const hasCgiDir = 'cgi-dir' in fcgiCli.flags;
 
 let sockets: TempDir | undefined;
 let unix: Fcgi | undefined;
@@ -33,7 +31,7 @@ before(async () => {
   [unix, tcp, cgi] = await Promise.all([
     startFcgi({ app: site, listen: path.join(sockets.path, 'app.sock'), env }),
     startFcgi({ app: site, listen: 'tcp', env }),
-    hasCgiDir ? startFcgi({ listen: cgiSocket, args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')], env }) : undefined,
+    startFcgi({ listen: cgiSocket, args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')], env }),
   ]);
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
@@ -114,10 +112,6 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
 describe('deploy/apache/cgi-dir.conf: classic CGI through `fcgi --cgi-dir`', () => {
   test('/cgi-bin/ runs the scripts, with PATH_INFO, and nothing outside the directory', async (t) => {
     if (skipIfMissing(t, missing)) return;
-    if (!hasCgiDir) {
-      t.skip('fcgi --cgi-dir is not implemented yet');
-      return;
-    }
     const mark = apache!.errors().length;
     await expectCgiDirScripts(base);
     // The cgi-dir responder answered /cgi-bin/, not the app behind <Location "/">.

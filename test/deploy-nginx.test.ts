@@ -5,7 +5,6 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fcgiCommand as fcgiCli } from '../src/commands/fcgi.ts';
 import { serverConnections, socketDir, startDeployNginx, startFcgi, type DeployNginx, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { freePort, type TempDir } from '../src/peers/index.ts';
@@ -13,7 +12,6 @@ import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
-const hasCgiDir = 'cgi-dir' in fcgiCli.flags;
 
 let sockets: TempDir | undefined;
 let unix: Fcgi | undefined;
@@ -34,7 +32,7 @@ before(async () => {
   [unix, tcp, cgi] = await Promise.all([
     startFcgi({ app: site, listen: path.join(sockets.path, 'app.sock'), env }),
     startFcgi({ app: site, listen: 'tcp', env }),
-    hasCgiDir ? startFcgi({ listen: cgiSocket, args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')], env }) : undefined,
+    startFcgi({ listen: cgiSocket, args: ['--cgi-dir', path.join(repoRoot, 'cgi-bin')], env }),
   ]);
   const [port, cgiPort] = [await freePort(), await freePort()];
   base = `http://127.0.0.1:${port}`;
@@ -146,10 +144,6 @@ describe('deploy/nginx with nginx', () => {
 
   test('classic CGI through `fcgi --cgi-dir` (cgi.conf.template): a process per request, PATH_INFO, 404', async (t) => {
     if (skipIfMissing(t, missing)) return;
-    if (!hasCgiDir) {
-      t.skip('fcgi --cgi-dir is not implemented yet');
-      return;
-    }
     const mark = nginx!.nginx.errors().length;
     const env = await expectCgiDirScripts(cgiBase, { contentType: 'text/plain; charset=utf-8', headers: { 'x-custom': 'yes' } });
     assert.match(env, /^HTTP_X_CUSTOM=yes$/m);
