@@ -216,7 +216,8 @@ describe('serve and SIGTERM', () => {
     const dir = path.join(root, 'cgi-bin');
     fs.mkdirSync(path.join(root, 'pids'), { recursive: true });
     writeScripts(dir, { 'slow.sh': scripts['slow.sh'], 'hang.sh': scripts['hang.sh'] });
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir, '--timeout', '2'], {
+    // The scripts' own timeout (30 s) is far off: what kills the straggler is the stop's deadline.
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir, '--timeout', '30', '--shutdown-timeout', '1'], {
       cwd: repo,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -235,6 +236,7 @@ describe('serve and SIGTERM', () => {
         return fs.existsSync(f) && fs.readFileSync(f, 'utf8').trim() ? Number(fs.readFileSync(f, 'utf8')) : undefined;
       });
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      const signalledAt = Date.now();
       child.kill('SIGTERM');
       const r = await slow;
       assert.equal(r.status, 200);
@@ -244,6 +246,8 @@ describe('serve and SIGTERM', () => {
       assert.notEqual((await hanging).status, 200);
       assert.equal(await exited, 0);
       await assertGroupGone(pgid, 3000);
+      const stoppedAfter = Date.now() - signalledAt;
+      assert.ok(stoppedAfter >= 900 && stoppedAfter < 8000, `stopped ${stoppedAfter} ms after SIGTERM: at the 1 s deadline, not the 30 s script timeout`);
     } finally {
       child.kill('SIGKILL');
       fs.rmSync(root, { recursive: true, force: true });

@@ -19,6 +19,8 @@ export interface ServeOptions {
   cgiDir: string;
   /** Seconds a script may run. */
   timeout: number;
+  /** Seconds a graceful stop waits for in-flight requests before killing what is left. Default: timeout. */
+  shutdownTimeout?: number;
   maxBody: number;
   maxScripts: number;
   /** Requests waiting for a script slot; more get 503 at once. Default 8 × maxScripts. */
@@ -121,7 +123,7 @@ export async function startServe(options: ServeOptions): Promise<RunningServer> 
     front,
     host,
     fastcgi,
-    stop(deadlineMs = options.timeout * 1000) {
+    stop(deadlineMs = (options.shutdownTimeout ?? options.timeout) * 1000) {
       // In-flight requests finish first (their app processes still run), then the apps stop.
       stopping ??= front.stop(deadlineMs, async () => {
         await Promise.all([host.close(), fastcgi.stop()]);
@@ -137,13 +139,14 @@ export const serveCommand: Command = {
   details: [
     'Scripts get a clean environment: PATH and the CGI variables. Their stderr goes to ours, each line prefixed with the script\'s name.',
     'Scripts named nph-* write the whole HTTP response themselves.',
-    'SIGTERM or SIGINT: stop accepting, let in-flight requests finish for up to --timeout seconds, then kill what is left.',
+    'SIGTERM or SIGINT: stop accepting, let in-flight requests finish for up to --shutdown-timeout seconds, then kill what is left.',
   ].join('\n'),
   flags: {
     port: { type: 'string', valueName: 'PORT', default: '8080', description: 'TCP port to listen on (0: any free port)' },
     host: { type: 'string', valueName: 'ADDRESS', default: '127.0.0.1', description: 'address to listen on' },
     'cgi-dir': { type: 'string', valueName: 'DIR', default: './cgi-bin', description: 'directory whose executable files are served at /cgi-bin/' },
     timeout: { type: 'string', valueName: 'SECONDS', default: '30', description: 'kill a script (and its process group) still running after this' },
+    'shutdown-timeout': { type: 'string', valueName: 'SECONDS', description: 'how long SIGTERM waits for in-flight requests before killing what is left (default: --timeout)' },
     'max-body': { type: 'string', valueName: 'BYTES', default: String(1024 * 1024 * 1024), description: 'larger request bodies get 413' },
     'max-scripts': { type: 'string', valueName: 'N', default: String(defaultMaxScripts), description: 'scripts running at once; more requests wait in a bounded queue, then get 503' },
     queue: { type: 'string', valueName: 'N', description: 'requests waiting for a script slot (up to --timeout); more get 503 at once (default: 8 × --max-scripts)' },
@@ -164,6 +167,7 @@ export const serveCommand: Command = {
       host: values.host as string,
       cgiDir: values['cgi-dir'] as string,
       timeout: intFlag(values, 'timeout', 1),
+      shutdownTimeout: optionalIntFlag(values, 'shutdown-timeout', 0),
       maxBody: intFlag(values, 'max-body', 0),
       maxScripts: intFlag(values, 'max-scripts', 1),
       queue: optionalIntFlag(values, 'queue', 0),
