@@ -3,8 +3,24 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { requirePeer } from '../src/peers/index.ts';
 import { formatReport, runSoak, type SoakReport } from '../src/soak/soak.ts';
+import { summarise } from '../src/soak/stats.ts';
 
 const seconds = Number(process.env.SOAK_SECONDS ?? 8);
+
+test('the RSS rule: a steady leak shows as growth, a flat series with spikes does not', () => {
+  const MiB = 2 ** 20;
+  // 100 samples climbing from 100 to 120 MiB: the start and end tenths are 20% apart.
+  const leaking = summarise(Array.from({ length: 100 }, (_, i) => (100 + (20 * i) / 99) * MiB));
+  assert.ok(leaking.growth > 0.18 && leaking.growth < 0.22, String(leaking.growth));
+  assert.ok(leaking.growth > 0.1, 'beyond the soak\'s 10% limit');
+  // Flat at 100 MiB but for a spike to 300 MiB in the last tenth and one in the first: no growth.
+  const flat = Array.from({ length: 100 }, () => 100 * MiB);
+  flat[3] = 300 * MiB;
+  flat[97] = 300 * MiB;
+  const spiky = summarise(flat);
+  assert.equal(spiky.growth, 0);
+  assert.equal(spiky.max, 300 * MiB);
+});
 
 function assertClean(report: SoakReport): void {
   const text = formatReport(report);

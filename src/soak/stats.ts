@@ -1,5 +1,6 @@
 // Watches the server's processes while a soak runs: resident memory, open file descriptors, live children and zombies, from /proc.
 import fs from 'node:fs';
+import { median } from '../bench/histogram.ts';
 import { clockTicksPerSecond, readAllStats, treeOf, type ProcStat } from '../bench/proc-stats.ts';
 
 export interface ProcSample {
@@ -116,17 +117,14 @@ export class ProcessWatcher {
   }
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return 0;
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
+/**
+ * A series of samples taken after warm-up: its level at the start and at the end (each the median
+ * of a tenth of the samples, so one spike moves neither) and the growth from one to the other.
+ */
 export function summarise(values: number[]): SeriesSummary {
   const tenth = Math.max(1, Math.ceil(values.length / 10));
-  const baseline = median(values.slice(0, tenth));
-  const final = median(values.slice(-tenth));
+  const baseline = values.length ? median(values.slice(0, tenth)) : 0;
+  const final = values.length ? median(values.slice(-tenth)) : 0;
   return {
     baseline,
     final,
