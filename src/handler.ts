@@ -214,6 +214,7 @@ for (const key of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json', 
 }
 
 export function createLazyRequest(init: LazyRequestInit): Request {
+  if (!lazyRequestsAccepted) acceptLazyRequests();
   const request = Object.create(lazyRequestPrototype) as LazyRequestFields;
   request[kInit] = init;
   return request as unknown as Request;
@@ -222,4 +223,34 @@ export function createLazyRequest(init: LazyRequestInit): Request {
 /** The real Request behind a lazy one, built now (tests and adapters that need a genuine object). */
 export function materializeRequest(request: Request): Request {
   return kInit in request ? realRequest(fields(request) as LazyRequestFields & LazyRequest) : request;
+}
+
+function isLazy(value: unknown): value is Request {
+  return typeof value === 'object' && value !== null && kInit in value;
+}
+
+let lazyRequestsAccepted = false;
+
+/**
+ * `new Request(request, init)` and `fetch(request)` are how app code copies or forwards the
+ * Request it was given (Workers, Hono). undici's own code reads internal state a lazy Request does
+ * not have, so both are given the real Request behind it: the global Request becomes a subclass
+ * that unwraps one (and still counts a lazy one as a Request), and fetch unwraps one too. Done once,
+ * when the first lazy Request is made, as @hono/node-server replaces the globals it needs.
+ */
+function acceptLazyRequests(): void {
+  lazyRequestsAccepted = true;
+  const GlobalRequest = globalThis.Request;
+  const globalFetch = globalThis.fetch;
+  class RequestFromLazy extends GlobalRequest {
+    constructor(input: string | URL | Request, init?: RequestInit) {
+      super(isLazy(input) ? materializeRequest(input) : input, init);
+    }
+
+    static [Symbol.hasInstance](value: unknown): boolean {
+      return value instanceof GlobalRequest;
+    }
+  }
+  Object.defineProperty(globalThis, 'Request', { value: RequestFromLazy, writable: true, configurable: true });
+  globalThis.fetch = (input: string | URL | Request, init?: RequestInit) => globalFetch(isLazy(input) ? materializeRequest(input) : input, init);
 }

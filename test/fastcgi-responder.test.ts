@@ -1,5 +1,6 @@
 // The responder over real sockets: every protocol rule of the responder, driven by a raw record client.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -77,6 +78,13 @@ const app: App = {
       case '/slow':
         await sleep(Number(url.searchParams.get('ms') ?? 200));
         return new Response('slow done');
+      case '/copy': {
+        // The everyday ways to copy and forward the Request an app was given.
+        const copy = new Request(request, { headers: { 'x-added': 'yes' } });
+        return Response.json({ url: copy.url, method: copy.method, added: copy.headers.get('x-added'), isRequest: request instanceof Request && copy instanceof Request });
+      }
+      case '/forward':
+        return fetch(request);
       case '/real':
         // What `return fetch(upstream)` hands back: an undici Response, not the lightweight one.
         return new GlobalResponse('from upstream\n', { status: 201, headers: { 'x-upstream': 'yes' } });
@@ -156,6 +164,28 @@ describe('requests and responses', () => {
     assert.equal(redirect.status, 301);
     assert.deepEqual(redirect.headers.find(([n]) => n === 'location'), ['location', 'https://example.test/next']);
     c.close();
+  });
+
+  test('an app can copy its Request (new Request(request, init)) and forward it with its body (fetch(request))', async () => {
+    const upstream = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => res.end(`${req.method} ${req.url} ${req.headers['x-from']} ${Buffer.concat(chunks).toString()}`));
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    const host = `127.0.0.1:${(upstream.address() as net.AddressInfo).port}`;
+    try {
+      const c = await WireClient.connect(port);
+      c.request(1, get('/copy?q=1', { HTTP_HOST: 'site.example' }));
+      assert.deepEqual(JSON.parse(parseCgiResponse((await c.response(1)).stdout).body.toString()), { url: 'http://site.example/copy?q=1', method: 'GET', added: 'yes', isRequest: true });
+      c.request(2, get('/forward?to=upstream', { REQUEST_METHOD: 'POST', HTTP_HOST: host, HTTP_X_FROM: 'app', CONTENT_LENGTH: '12' }), 'the request!');
+      const forwarded = parseCgiResponse((await c.response(2)).stdout);
+      assert.equal(forwarded.status, 200);
+      assert.equal(forwarded.body.toString(), 'POST /forward?to=upstream app the request!');
+      c.close();
+    } finally {
+      upstream.close();
+    }
   });
 
   test('HEAD gets the headers and no body', async () => {
