@@ -75,6 +75,10 @@ const app: App = {
         await new Promise<void>((resolve) => request.signal.addEventListener('abort', () => resolve()));
         seen.aborted.push(url.search);
         return new Response('too late');
+      case '/ignores-abort':
+        // An app that does not look at request.signal: the abort must not wait for it.
+        await sleep(3000);
+        return new Response('far too late');
       case '/slow':
         await sleep(Number(url.searchParams.get('ms') ?? 200));
         return new Response('slow done');
@@ -342,6 +346,14 @@ describe('aborts and failures', () => {
     assert.equal(res.protocolStatus, FCGI_REQUEST_COMPLETE);
     await sleep(10);
     assert.ok(seen.aborted.includes('?by=abort'));
+    // Even from an app that never looks at the signal: END_REQUEST at once, and no STDOUT.
+    c.request(3, get('/ignores-abort'));
+    await sleep(50);
+    const abortedAt = performance.now();
+    c.write(encodeRecord(FCGI_ABORT_REQUEST, 3));
+    const ignored = await c.response(3, 1000);
+    assert.ok(performance.now() - abortedAt < 500, 'END_REQUEST did not wait for the app');
+    assert.equal(ignored.stdout.length, 0);
     c.request(2, get('/hello'));
     assert.equal(parseCgiResponse((await c.response(2)).stdout).status, 200);
     c.close();
