@@ -1,6 +1,7 @@
 // The FastCGI responder behind a real nginx: fastcgi_pass over a unix socket and TCP with upstream keepalive
 // and fastcgi_keep_conn, and a plain fastcgi_pass without keepalive (a connection per request).
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NGINX_FASTCGI_PARAMS, startNginx, type NginxServer } from '../src/peers/index.ts';
@@ -76,6 +77,22 @@ async function readWithin(reader: ReadableStreamDefaultReader<Uint8Array>, ms: n
 for (const transport of ['unix', 'tcp'] as const) {
   describe(`nginx fastcgi_pass over ${transport} with keepalive and fastcgi_keep_conn`, () => {
     const url = (path: string) => `${nginx!.url}/${transport}/${path}`;
+
+    test('a client that goes away: nginx drops the upstream request, and the app sees request.signal abort', async (t) => {
+      if (skipIfMissing(t, missing)) return;
+      const app = transport === 'unix' ? unixApp! : tcpApp!;
+      const tag = `${transport}-${Date.now()}`;
+      const socket = net.connect(nginx!.port!, '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write(`GET /${transport}/wait-abort?tag=${tag} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      await sleep(300);
+      socket.destroy();
+      const deadline = Date.now() + 5000;
+      while (!app.output().includes(`kitchen: aborted ${tag}`) && Date.now() < deadline) await sleep(20);
+      assert.ok(app.output().includes(`kitchen: aborted ${tag}`), 'the app saw the abort');
+      // The app is still serving the next request.
+      await expectHello(url);
+    });
 
     test('GET returns the app body and headers', async (t) => {
       if (skipIfMissing(t, missing)) return;
