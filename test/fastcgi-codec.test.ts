@@ -204,9 +204,13 @@ describe('properties', () => {
 
   test('arbitrary bytes raise only the codec error', () => {
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 2000 }), fc.array(fc.nat(), { maxLength: 10 }), (bytes, cuts) => {
+      fc.property(fc.uint8Array({ maxLength: 2000 }), fc.array(fc.nat(), { maxLength: 10 }), fc.boolean(), (bytes, cuts, version1) => {
+        // Half the time the first byte is version 1, so the decoder gets past its first check and
+        // reads lengths, padding and types from the noise.
+        const input = Buffer.from(bytes);
+        if (version1 && input.length > 0) input[0] = 1;
         try {
-          decodeAll(splitAt(Buffer.from(bytes), cuts));
+          decodeAll(splitAt(input, cuts));
         } catch (err) {
           assert.ok(err instanceof FastCGIProtocolError, String(err));
         }
