@@ -26,6 +26,7 @@ import { startResponderServer, type ResponderServer } from '../src/fastcgi/serve
 import type { App, AppContext } from '../src/handler.ts';
 import { GlobalResponse, installLightweightResponse } from '../src/lightweight-response.ts';
 import { WireClient, parseCgiResponse } from './fastcgi-wire.ts';
+import { logged } from './fixtures/log.ts';
 
 // As `cgi-runner fcgi` runs apps: `new Response(...)` builds the lightweight form.
 installLightweightResponse();
@@ -393,11 +394,15 @@ describe('aborts and failures', () => {
     ['STDOUT sent to the app', encodeRecord(FCGI_STDOUT, 1, Buffer.from('x'))],
   ];
   for (const [name, bytes] of badInputs) {
-    test(`${name} closes that connection; another connection is still served`, async () => {
+    test(`${name} closes that connection with a logged reason; another connection is still served`, async () => {
       const other = await WireClient.connect(port);
       const bad = await WireClient.connect(port);
-      bad.write(bytes);
-      await bad.closedPromise;
+      const { lines } = await logged(async () => {
+        bad.write(bytes);
+        await bad.closedPromise;
+      });
+      // One line that names the problem and says what was done about it.
+      assert.ok(lines.some((l) => /fastcgi: .+; closing the connection/.test(l)), `no reason logged:\n${lines.join('\n')}`);
       other.request(1, get('/hello'));
       assert.equal(parseCgiResponse((await other.response(1)).stdout).status, 200);
       other.close();
