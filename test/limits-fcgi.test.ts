@@ -168,7 +168,7 @@ describe('STDIN buffered per request', () => {
 });
 
 describe('timeouts', () => {
-  test('--idle-timeout closes a connection with no request in flight, never one with a request running', async () => {
+  test('--idle-timeout closes a connection with no request in flight, never one with a request running, and that one once it is idle', async () => {
     const { port } = await responder(['--idle-timeout', '1']);
     const idle = await WireClient.connect(port);
     const busy = await WireClient.connect(port);
@@ -180,7 +180,11 @@ describe('timeouts', () => {
     const r = await busy.response(1, 5000);
     assert.equal(parseCgiResponse(r.stdout).body.toString(), 'slept\n');
     assert.equal(busy.closed, false);
-    busy.close();
+    // Idle from its answer on, it is closed in turn.
+    const answeredAt = Date.now();
+    await busy.closedPromise;
+    const afterAnswer = Date.now() - answeredAt;
+    assert.ok(afterAnswer >= 800 && afterAnswer < 2500, `closed ${afterAnswer} ms after its answer`);
   });
 
   test('--request-timeout ends a request running too long with a 500 and END_REQUEST; the connection goes on', async () => {

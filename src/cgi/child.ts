@@ -1,6 +1,7 @@
 // Runs a Fetch handler as a CGI script: the environment and stdin become a Request, and the Response is written to stdout as a CGI response (RFC 3875 §4, §6).
 import type { App, AppContext } from '../handler.ts';
 import { createLazyRequest } from '../handler.ts';
+import { lightweightParts } from '../lightweight-response.ts';
 import { cgiHeaderBlock, plainBody } from '../response-output.ts';
 
 function write(chunk: string | Uint8Array): Promise<void> {
@@ -87,7 +88,8 @@ export async function runCgi(app: App): Promise<void> {
     if (plain === undefined && response.body) {
       // Streamed: each chunk reaches the server as the app produces it.
       for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) await write(chunk);
-    } else if (isHead) {
+    } else if (isHead && !lightweightParts(response)) {
+      // A lightweight Response has no stream to cancel; asking for one would build it.
       await response.body?.cancel();
     }
   } else {

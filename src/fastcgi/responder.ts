@@ -2,6 +2,7 @@
 import type { Socket } from 'node:net';
 import { createLazyRequest, type App, type AppContext, type Role } from '../handler.ts';
 import { logAccess, logError } from '../log.ts';
+import { lightweightParts } from '../lightweight-response.ts';
 import { cgiHeaderBlock, plainBody } from '../response-output.ts';
 import { RecordDecoder } from './decoder.ts';
 import { decodePairs, encodePairs } from './pairs.ts';
@@ -198,7 +199,10 @@ export class ResponderConnection {
     });
     socket.on('close', () => this.onClose());
     if (responder.options.idleTimeoutMs > 0) {
-      socket.setTimeout(responder.options.idleTimeoutMs, () => {
+      // Armed once: every read and write restarts it. When it fires with requests in flight (an app
+      // thinking quietly) nothing happens, and the response's first write arms it again.
+      socket.setTimeout(responder.options.idleTimeoutMs);
+      socket.on('timeout', () => {
         if (this.requests.size === 0) socket.end();
       });
     }
@@ -334,7 +338,6 @@ export class ResponderConnection {
     if (role === FCGI_RESPONDER) request.stdin = new StdinBody(options.stdinHighWaterMark, (paused) => this.setPressure(paused));
     this.requests.set(id, request);
     this.responder.activeRequests++;
-    this.socket.setTimeout(0);
     if (options.requestTimeoutMs > 0) {
       request.timer = setTimeout(() => this.timeOut(request), options.requestTimeoutMs);
       request.timer.unref();
@@ -441,7 +444,8 @@ export class ResponderConnection {
     const isHead = request.params!.REQUEST_METHOD === 'HEAD';
     const body = isHead ? null : plainBody(response);
     if (body !== undefined) {
-      if (isHead) response.body?.cancel().catch(() => {});
+      // A lightweight Response has no stream to cancel; asking for one would build it.
+      if (isHead && !lightweightParts(response)) response.body?.cancel().catch(() => {});
       request.bytes = body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
       request.headSent = true;
       this.write(encodeCompleteResponse(request.id, head, body));
@@ -522,7 +526,6 @@ export class ResponderConnection {
     request.stdin?.discard();
     this.requests.delete(request.id);
     this.responder.activeRequests--;
-    if (this.requests.size === 0 && this.responder.options.idleTimeoutMs > 0 && !this.closed) this.socket.setTimeout(this.responder.options.idleTimeoutMs);
   }
 
   private abortRequest(request: ActiveRequest, reason: Error, sendEnd: boolean): void {
