@@ -92,11 +92,17 @@ export function decodeBeginRequest(content: Buffer): { role: number; flags: numb
 
 /** §5.5 FCGI_EndRequestBody: appStatus (32 bits), protocolStatus, 3 reserved bytes. */
 export function encodeEndRequest(requestId: number, appStatus: number, protocolStatus: number): Buffer {
-  const out = Buffer.alloc(FCGI_HEADER_LEN + 8);
-  writeHeader(out, 0, FCGI_END_REQUEST, requestId, 8, 0);
-  out.writeUInt32BE(appStatus >>> 0, FCGI_HEADER_LEN);
-  out[FCGI_HEADER_LEN + 4] = protocolStatus;
+  const out = Buffer.allocUnsafe(FCGI_HEADER_LEN + 8);
+  writeEndRequest(out, 0, requestId, appStatus, protocolStatus);
   return out;
+}
+
+/** §5.5 FCGI_EndRequestRecord (header and body, 16 bytes) written at `offset`. */
+function writeEndRequest(target: Buffer, offset: number, requestId: number, appStatus: number, protocolStatus: number): void {
+  writeHeader(target, offset, FCGI_END_REQUEST, requestId, 8, 0);
+  target.writeUInt32BE(appStatus >>> 0, offset + FCGI_HEADER_LEN);
+  target[offset + FCGI_HEADER_LEN + 4] = protocolStatus;
+  target.fill(0, offset + FCGI_HEADER_LEN + 5, offset + FCGI_HEADER_LEN + 8);
 }
 
 export function decodeEndRequest(content: Buffer): { appStatus: number; protocolStatus: number } {
@@ -135,11 +141,7 @@ export function encodeCompleteResponse(requestId: number, head: string, body: Ui
   else if (body) out.set(body, FCGI_HEADER_LEN + head.length);
   out.fill(0, FCGI_HEADER_LEN + contentLength, recordLength);
   writeHeader(out, recordLength, FCGI_STDOUT, requestId, 0, 0);
-  const end = recordLength + FCGI_HEADER_LEN;
-  writeHeader(out, end, FCGI_END_REQUEST, requestId, 8, 0);
-  out.writeUInt32BE(appStatus >>> 0, end + FCGI_HEADER_LEN);
-  out.fill(0, end + FCGI_HEADER_LEN + 4);
-  out[end + FCGI_HEADER_LEN + 4] = FCGI_REQUEST_COMPLETE;
+  writeEndRequest(out, recordLength + FCGI_HEADER_LEN, requestId, appStatus, FCGI_REQUEST_COMPLETE);
   return out;
 }
 
