@@ -53,7 +53,7 @@ export type CgiOutcome =
       /** The parsed header block (for nph-, the parsed status line and headers). */
       head: CgiHead;
       /**
-       * The body as the script writes it (for nph-, the whole output: `head.raw`, then the body). It ends when
+       * The body as the script writes it, after its header block (for nph-, `head.raw` holds that block). It ends when
        * the script closes stdout and errors if the script is killed (timeout, abort) mid-way.
        * Destroying it kills the script.
        */
@@ -358,8 +358,7 @@ class Run {
       },
     });
     this.body = body;
-    const first = this.invocation.nph ? Buffer.concat([parsed.head.raw, parsed.rest]) : parsed.rest;
-    if (first.length) body.push(first);
+    if (parsed.rest.length) body.push(parsed.rest);
     this.sendOutcome({ kind: 'response', head: parsed.head, body, finished: this.finished });
   }
 

@@ -75,27 +75,6 @@ function plainResponse(status: number, detail?: string): Response {
   return new Response(`${status} ${reasonPhrase(status)}\n${detail ? detail + '\n' : ''}`, { status, headers: { 'content-type': 'text/plain; charset=utf-8' } });
 }
 
-/** Skips the first `bytes` bytes of a stream (an nph- script's own header block). */
-function skip(stream: Readable, bytes: number): Readable {
-  let left = bytes;
-  const out = Readable.from(
-    (async function* () {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        if (left >= chunk.length) {
-          left -= chunk.length;
-          continue;
-        }
-        yield left > 0 ? chunk.subarray(left) : chunk;
-        left = 0;
-      }
-    })(),
-    { objectMode: false },
-  );
-  // Abandoning the copy abandons the script's output, which kills the script.
-  out.once('close', () => stream.destroy());
-  return out;
-}
-
 export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp> {
   const directory = scriptDirectory(options.dir, '', options.followSymlinks);
   const host = await CgiHost.start({ maxScripts: options.maxScripts, timeoutMs: options.timeoutMs, killGraceMs: options.killGraceMs, spawner: options.spawner });
@@ -158,8 +137,7 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
       return refuse(context, outcome.status, outcome.message.replace(/^cgi: /, `${target.name}: `));
     }
     const { head } = outcome;
-    let stream: Readable = outcome.body;
-    if (head.nph) stream = skip(stream, head.raw.length);
+    const stream: Readable = outcome.body;
     const headers = new Headers();
     for (const [name, value] of head.headers) {
       try {

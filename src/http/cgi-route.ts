@@ -110,15 +110,7 @@ function sendRaw(request: RouteRequest, head: CgiHead, body: Readable): void {
   }
   request.bytes += raw.length;
   socket.write(raw);
-  // The stream starts with the header block as the script wrote it: sent above, amended.
-  let skip = head.raw.length;
   body.on('data', (chunk: Buffer) => {
-    if (skip > 0) {
-      const n = Math.min(skip, chunk.length);
-      skip -= n;
-      chunk = chunk.subarray(n);
-      if (chunk.length === 0) return;
-    }
     request.bytes += chunk.length;
     if (!socket.write(chunk)) {
       body.pause();
