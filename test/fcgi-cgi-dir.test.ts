@@ -45,6 +45,9 @@ printf 'CONTENT_LENGTH=%s read=%s\\n' "$CONTENT_LENGTH" "$(wc -c | tr -d ' ')"
   'redirect.sh': `#!/bin/sh
 printf 'Location: /t/status.sh\\r\\n\\r\\n'
 `,
+  'nph-raw.sh': `#!/bin/sh
+printf 'HTTP/1.1 203 Via NPH\\r\\nContent-Type: text/plain\\r\\nX-Script: nph\\r\\n\\r\\nnph body\\n'
+`,
   'sleepy.sh': `#!/bin/sh
 sleep 60 &
 echo "$$ $!" > "pids-$QUERY_STRING"
@@ -311,6 +314,15 @@ describe('the environment table', () => {
 });
 
 describe('side by side with fcgiwrap behind the same nginx', () => {
+  test('an nph- script: its status line and headers become the response, and its body follows whole', async (t) => {
+    if (skipIfMissing(t)) return;
+    const answer = await request(nginx!.port!, '/t/nph-raw.sh');
+    assert.equal(answer.status, 203);
+    assert.equal(answer.headers['content-type'], 'text/plain');
+    assert.equal(answer.headers['x-script'], 'nph');
+    assert.equal(answer.body, 'nph body\n');
+  });
+
   test('the same scripts give the same answers', async (t) => {
     if (skipIfMissing(t)) return;
     const upload = Buffer.alloc(200_000, 'u');
