@@ -77,7 +77,13 @@ export function readAllStats(): Map<number, ProcStat> {
 }
 
 /** The roots and all their descendants (zombies included: their CPU has not moved to the parent yet). */
-export function treeOf(roots: readonly number[], all = readAllStats()): ProcStat[] {
+export function treeOf(roots: readonly number[], all?: Map<number, ProcStat>): ProcStat[] {
+  if (!all) {
+    // Walking down from the roots reads a few files; scanning all of /proc reads hundreds, and a
+    // sampler that runs in the load generator's process must not stall it.
+    if (childListsAvailable()) return walkTree(roots);
+    all = readAllStats();
+  }
   const children = new Map<number, ProcStat[]>();
   for (const stat of all.values()) {
     const list = children.get(stat.ppid);
@@ -93,6 +99,50 @@ export function treeOf(roots: readonly number[], all = readAllStats()): ProcStat
     seen.add(stat.pid);
     out.push(stat);
     for (const child of children.get(stat.pid) ?? []) stack.push(child);
+  }
+  return out;
+}
+
+let childLists: boolean | undefined;
+
+/** Whether the kernel lists each thread's children (/proc/PID/task/TID/children, CONFIG_PROC_CHILDREN). */
+function childListsAvailable(): boolean {
+  return (childLists ??= fs.existsSync(`/proc/self/task/${process.pid}/children`));
+}
+
+/** The children of a process, from the lists of all its threads; empty once it is gone. */
+function childPidsOf(pid: number): number[] {
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [];
+  }
+  const pids: number[] = [];
+  for (const tid of tids) {
+    let text: string;
+    try {
+      text = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'latin1');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    for (const entry of text.split(' ')) if (entry) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+function walkTree(roots: readonly number[]): ProcStat[] {
+  const out: ProcStat[] = [];
+  const seen = new Set<number>();
+  const stack = [...roots];
+  while (stack.length) {
+    const pid = stack.pop()!;
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    const stat = readStat(pid);
+    if (!stat) continue;
+    out.push(stat);
+    for (const child of childPidsOf(pid)) stack.push(child);
   }
   return out;
 }
