@@ -27,7 +27,7 @@ export function parseListenAddress(address: string): ListenTarget {
   if (!m) throw new TypeError(`listen: cannot parse address ${JSON.stringify(address)} (host:port, unix:/path or fd:N)`);
   const port = Number(m[3]);
   if (port > 65535) throw new TypeError(`listen: port ${port} out of range`);
-  return { kind: 'tcp', host: m[1] ?? (m[2] || '127.0.0.1'), port };
+  return { kind: 'tcp', host: m[1] || m[2] || '127.0.0.1', port };
 }
 
 function isSocket(fd: number): boolean {

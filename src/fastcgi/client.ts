@@ -3,6 +3,7 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from '../cgi/response.ts';
 import type { AbortWatch } from '../lazy-abort.ts';
+import { describeTarget, parseListenAddress, type ListenTarget } from '../listen.ts';
 import { logError } from '../log.ts';
 import { RecordDecoder } from './decoder.ts';
 import { decodePairs, encodePairs } from './pairs.ts';
@@ -32,20 +33,21 @@ import { decodeEndRequest, encodeBeginRequest, encodeRecord, encodeStream } from
 
 export type UpstreamAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
-/** Parses `host:port`, `[::1]:port`, `port`, `unix:/path`, `/path` or `./path`. */
+/** Parses `host:port`, `[::1]:port`, `port`, `unix:/path`, `/path` or `./path`: a listening address other than `fd:N`. */
 export function parseUpstreamAddress(address: string): UpstreamAddress {
-  if (address.startsWith('unix:')) return { kind: 'unix', path: address.slice(5) };
-  if (address.includes('/')) return { kind: 'unix', path: address };
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d+)$/.exec(address) ?? /^()()(\d+)$/.exec(address);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port < 1 || port > 65535) throw new TypeError(`fastcgi: cannot parse upstream address ${JSON.stringify(address)} (host:port or unix:/path)`);
-  return { kind: 'tcp', host: m[1] ?? (m[2] || '127.0.0.1'), port };
+  let target: ListenTarget | undefined;
+  try {
+    target = parseListenAddress(address);
+  } catch {
+    // reported below, in the client's words
+  }
+  if (!target || target.kind === 'fd' || (target.kind === 'tcp' && target.port < 1)) {
+    throw new TypeError(`fastcgi: cannot parse upstream address ${JSON.stringify(address)} (host:port or unix:/path)`);
+  }
+  return target;
 }
 
-export function describeUpstream(address: UpstreamAddress): string {
-  if (address.kind === 'unix') return `unix:${address.path}`;
-  return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`;
-}
+export const describeUpstream: (address: UpstreamAddress) => string = describeTarget;
 
 /** Why a request got no (complete) response: the HTTP status to answer with, and a message naming the upstream. */
 export class FastCGIUpstreamError extends Error {
