@@ -243,6 +243,8 @@ describe('serve and SIGTERM', () => {
       const r = await slow;
       assert.equal(r.status, 200);
       assert.equal(r.body.toString(), 'inflight\n');
+      // One combined-format access line per request, on stdout.
+      assert.match(out, /^127\.0\.0\.1 - - \[\d\d\/\w{3}\/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET \/cgi-bin\/slow\.sh\?inflight HTTP\/1\.1" 200 9 "-" "-"$/m);
       await sleep(100);
       await assert.rejects(get(port, '/cgi-bin/slow.sh?late'), /ECONNREFUSED/);
       assert.notEqual((await hanging).status, 200);
