@@ -57,35 +57,18 @@ export interface TargetSpec {
 export const HELLO_BODY = 'hello\n';
 
 const CLI = 'src/cli.ts';
-const helpCache = new Map<string, string>();
-
-/** The --help text of one of our commands, to use optional flags only where they exist. */
-async function commandHelp(env: TargetEnv, command: string): Promise<string> {
-  const cached = helpCache.get(command);
-  if (cached !== undefined) return cached;
-  const { execFile } = await import('node:child_process');
-  const text = await new Promise<string>((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', CLI, command, '--help'], { cwd: env.root, timeout: 20_000 }, (_err, stdout) => resolve(String(stdout)));
-  });
-  helpCache.set(command, text);
-  return text;
-}
-
-async function optionalFlags(env: TargetEnv, command: string, wanted: string[][]): Promise<string[]> {
-  const help = await commandHelp(env, command);
-  return wanted.filter(([flag]) => help.includes(flag!)).flat();
-}
 
 /**
  * Starts one of our own Node processes. Its stdout (access lines, one per request) goes to
  * /dev/null rather than through a pipe into this process: reading it would cost the load
- * generator's CPU. `exec` keeps the pid, so the process group and the measured tree stay exact.
+ * generator's CPU.
  */
 async function startNode(env: TargetEnv, name: string, args: string[], ready: (signal: AbortSignal) => Promise<void>): Promise<ManagedProcess> {
   const proc = await startProcess({
     name,
-    command: '/bin/sh',
-    args: ['-c', 'exec "$@" >/dev/null', 'sh', process.execPath, '--import', 'tsx', ...args],
+    command: process.execPath,
+    args: ['--import', 'tsx', ...args],
+    stdout: 'ignore',
     cwd: env.root,
     env: { ...process.env, NODE_ENV: 'production' },
   });
@@ -95,8 +78,7 @@ async function startNode(env: TargetEnv, name: string, args: string[], ready: (s
 
 async function startServe(env: TargetEnv, name: string): Promise<{ proc: ManagedProcess; port: number }> {
   const port = await freePort();
-  const extra = await optionalFlags(env, 'serve', [['--no-access-log'], ['--fcgi-dir', './fcgi']]);
-  const proc = await startNode(env, name, [CLI, 'serve', '--port', String(port), '--host', '127.0.0.1', '--cgi-dir', './cgi-bin', ...extra], (signal) =>
+  const proc = await startNode(env, name, [CLI, 'serve', '--port', String(port), '--host', '127.0.0.1', '--cgi-dir', './cgi-bin', '--fcgi-dir', './fcgi'], (signal) =>
     waitForPort(port, '127.0.0.1', 20_000, signal),
   );
   return { proc, port };
@@ -104,8 +86,7 @@ async function startServe(env: TargetEnv, name: string): Promise<{ proc: Managed
 
 async function startResponder(env: TargetEnv, name: string, listen: 'unix' | 'tcp'): Promise<{ proc: ManagedProcess; address: string }> {
   const address = listen === 'unix' ? path.join(env.dir, `${name}.sock`) : `127.0.0.1:${await freePort()}`;
-  const extra = await optionalFlags(env, 'fcgi', [['--no-access-log'], ['--socket-mode', '0666']]);
-  const proc = await startNode(env, name, [CLI, 'fcgi', '--listen', address, '--app', 'fcgi/hello.ts', ...extra], (signal) =>
+  const proc = await startNode(env, name, [CLI, 'fcgi', '--listen', address, '--app', 'fcgi/hello.ts', '--no-access-log', '--socket-mode', '0666'], (signal) =>
     listen === 'unix' ? waitForPath(address, 20_000, signal) : waitForPort(Number(address.split(':')[1]), '127.0.0.1', 20_000, signal),
   );
   return { proc, address };

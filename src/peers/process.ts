@@ -14,6 +14,8 @@ export interface StartProcessOptions {
   env?: NodeJS.ProcessEnv;
   /** 'pipe' gives the caller child.stdin; by default stdin is /dev/null. */
   stdin?: 'ignore' | 'pipe';
+  /** 'ignore' sends stdout to /dev/null (a benchmarked server's access lines must cost the reader nothing); by default it is captured. */
+  stdout?: 'ignore' | 'pipe';
   /** Also append stdout / stderr to these files (useful when a test fails and the tail is not enough). */
   stdoutFile?: string;
   stderrFile?: string;
@@ -83,7 +85,7 @@ export async function startProcess(options: StartProcessOptions): Promise<Manage
     cwd: options.cwd,
     env: options.env ?? process.env,
     detached: true,
-    stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
+    stdio: [options.stdin ?? 'ignore', options.stdout ?? 'pipe', 'pipe'],
   });
   await new Promise<void>((resolve, reject) => {
     child.once('spawn', resolve);
