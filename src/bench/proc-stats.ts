@@ -64,6 +64,15 @@ export function readStat(pid: number): ProcStat | undefined {
   };
 }
 
+/** The command line of a process, arguments separated by spaces; empty once it is gone. */
+export function readCmdline(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
 /** Every process on the machine, read once: a scan costs ~1.5 ms for 100 processes. */
 export function readAllStats(): Map<number, ProcStat> {
   const all = new Map<number, ProcStat>();

@@ -6,9 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readAllStats } from '../bench/proc-stats.ts';
+import { readAllStats, readCmdline } from '../bench/proc-stats.ts';
 import { runMixedLoad, type MixedLoadResult } from './mixed-load.ts';
-import { readCmdline, startCgiStack, startFcgiStack, type SoakStack } from './stack.ts';
+import { startCgiStack, startFcgiStack, type SoakStack } from './stack.ts';
 
 export interface FaultResult {
   name: string;

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readAllStats } from '../bench/proc-stats.ts';
+import { readAllStats, readCmdline } from '../bench/proc-stats.ts';
 import {
   NGINX_FASTCGI_PARAMS,
   freePort,
@@ -162,10 +162,3 @@ export async function startCgiStack(options: CgiStackOptions = {}): Promise<Soak
   };
 }
 
-export function readCmdline(pid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0/g, ' ');
-  } catch {
-    return '';
-  }
-}

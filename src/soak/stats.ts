@@ -1,7 +1,7 @@
 // Watches the server's processes while a soak runs: resident memory, open file descriptors, live children and zombies, from /proc.
 import fs from 'node:fs';
 import { median } from '../bench/histogram.ts';
-import { clockTicksPerSecond, readAllStats, treeOf, type ProcStat } from '../bench/proc-stats.ts';
+import { clockTicksPerSecond, readAllStats, readCmdline, treeOf, type ProcStat } from '../bench/proc-stats.ts';
 
 export interface ProcSample {
   /** Milliseconds since the watcher started. */
@@ -156,17 +156,10 @@ function readCpuTotals(): { busy: number; total: number } {
 }
 
 function commandName(pid: number): string {
-  const cmd = readCmdlineOf(pid).trim();
+  const cmd = readCmdline(pid).trim();
   return (cmd || `pid ${pid}`).replace(/\s+/g, ' ').slice(0, 90);
 }
 
-function readCmdlineOf(pid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0/g, ' ');
-  } catch {
-    return '';
-  }
-}
 
 /**
  * What else the machine did during a run: the busy share of all CPUs from /proc/stat, the share of
