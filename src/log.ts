@@ -69,6 +69,7 @@ let pending: string[] = [];
 let flushScheduled = false;
 function flushAccess(): void {
   flushScheduled = false;
+  if (pending.length === 0) return;
   const lines = pending;
   pending = [];
   process.stdout.write(lines.join('\n') + '\n');
@@ -79,8 +80,14 @@ export function logAccess(entry: AccessEntry): void {
   if (!flushScheduled) {
     flushScheduled = true;
     setImmediate(flushAccess);
+    // A process.exit() in the same turn must not lose the batch (stdout to a pipe or file is synchronous).
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.once('exit', flushAccess);
+    }
   }
 }
+let exitHookInstalled = false;
 
 export interface ErrorFields {
   requestId?: string | number;

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { isAlive, processGroupMembers } from '../src/peers/index.ts';
+import { eventually } from './fixtures/eventually.ts';
 import { assertGroupGone, get, rawRequest, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -243,8 +244,9 @@ describe('serve and SIGTERM', () => {
       const r = await slow;
       assert.equal(r.status, 200);
       assert.equal(r.body.toString(), 'inflight\n');
-      // One combined-format access line per request, on stdout.
-      assert.match(out, /^127\.0\.0\.1 - - \[\d\d\/\w{3}\/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET \/cgi-bin\/slow\.sh\?inflight HTTP\/1\.1" 200 9 "-" "-"$/m);
+      // One combined-format access line per request, on stdout. It is written after the response,
+      // so it may reach this pipe a moment after the body did.
+      await eventually(() => out, /^127\.0\.0\.1 - - \[\d\d\/\w{3}\/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET \/cgi-bin\/slow\.sh\?inflight HTTP\/1\.1" 200 9 "-" "-"$/m, 3000);
       await sleep(100);
       await assert.rejects(get(port, '/cgi-bin/slow.sh?late'), /ECONNREFUSED/);
       assert.notEqual((await hanging).status, 200);

@@ -11,6 +11,7 @@ import { checkResponder } from '../src/fastcgi/health-check.ts';
 import { socketDir, startFcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { requirePeer, startProcess, stop as stopProcess, waitForPath, waitUntilReady, type ExitStatus, type ManagedProcess, type TempDir } from '../src/peers/index.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
 
@@ -58,15 +59,6 @@ async function exitWithin(proc: ManagedProcess, ms: number): Promise<ExitStatus 
     return await Promise.race([proc.exited, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Waits until `read()` matches: output of a child arrives a little after the answer it logs. */
-async function eventually(read: () => string, pattern: RegExp, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!pattern.test(read())) {
-    if (Date.now() > deadline) assert.match(read(), pattern);
-    await sleep(25);
   }
 }
 

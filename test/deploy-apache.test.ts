@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployApache, startFcgi, type DeployApache, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
+import { eventually } from './fixtures/eventually.ts';
 import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
@@ -95,7 +96,7 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
     assert.equal(env.params.HTTP_AUTHORIZATION, undefined, 'the password does not reach the app');
     assert.match(await (await fetch(`${base}/private/`, { headers: basic('demo', PASSWORD) })).text(), /signed in as demo/);
     // The Authorizer calls went to the TCP responder (mod_authnz_fcgi speaks TCP only).
-    assert.match(tcp!.output(), /"GET \/private\/kitchen\/env HTTP\/1\.1" 200 - /);
+    await eventually(() => tcp!.output(), /"GET \/private\/kitchen\/env HTTP\/1\.1" 200 - /);
     // A wrong password is logged by Apache as an error; nothing else is.
     const errors = apache!.errors().slice(mark);
     assert.equal(errors.length, 1, errors.join('\n'));

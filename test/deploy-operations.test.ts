@@ -12,6 +12,7 @@ import { cliCommand, socketDir, startFcgi, type Fcgi } from '../src/deploy/stack
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import type { TempDir } from '../src/peers/index.ts';
 import { WireClient } from './fastcgi-wire.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const kitchen = path.join(repoRoot, 'test/fixtures/apps/kitchen.ts');
@@ -68,16 +69,6 @@ async function request(address: string, uri: string, extra: Record<string, strin
     await client.response(1, 10_000);
   } finally {
     client.close();
-  }
-}
-
-async function eventually(read: () => string, pattern: RegExp, ms = 5000): Promise<RegExpMatchArray> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const m = read().match(pattern);
-    if (m) return m;
-    if (Date.now() > deadline) assert.match(read(), pattern);
-    await sleep(20);
   }
 }
 
