@@ -5,10 +5,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
 import { captureLog, get, rawRequest, startCgiServer, type CgiServer } from './cgi-fixture.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 // Scripts in a temporary directory cannot find tsx from there, so their shebang names it exactly.
@@ -127,8 +127,7 @@ describe('the CGI child adapter', () => {
     try {
       const r = await get(server.port, '/cgi-bin/fail.ts');
       assert.equal(r.status, 500);
-      await sleep(50);
-      assert.match(log.text(), /fail\.ts: cgi: the app failed: Error: the app broke/);
+      await eventually(() => log.text(), /fail\.ts: cgi: the app failed: Error: the app broke/);
     } finally {
       log.restore();
     }

@@ -1,8 +1,8 @@
 // What the client gets for each form of CGI response (RFC 3875 §6): documents, Status, local and client redirects, broken framing from the script, HEAD, malformed output, and nph- scripts.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { captureLog, get, rawExchange, rawRequest, startCgiServer, type CgiServer } from './cgi-fixture.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;
 
@@ -101,8 +101,7 @@ describe('CGI responses', () => {
     try {
       const r = await get(port, '/cgi-bin/loop.sh');
       assert.equal(r.status, 500);
-      await sleep(20);
-      assert.match(log.text(), /more than 10 local redirects/);
+      await eventually(() => log.text(), /more than 10 local redirects/);
     } finally {
       log.restore();
     }
@@ -183,9 +182,8 @@ describe('CGI responses', () => {
         const r = await get(port, `/cgi-bin/${script}`);
         assert.equal(r.status, 502);
         assert.doesNotMatch(r.body.toString(), /body|pwned/);
-        await sleep(20);
-        assert.match(log.text(), reason);
-        assert.match(log.text(), new RegExp(`/cgi-bin/${script.replace('.', '\\.')}`));
+        await eventually(() => log.text(), reason);
+        await eventually(() => log.text(), new RegExp(`/cgi-bin/${script.replace('.', '\\.')}`));
       } finally {
         log.restore();
       }
@@ -208,10 +206,9 @@ describe('CGI responses', () => {
     try {
       const r = await get(port, '/cgi-bin/stderr.sh');
       assert.equal(r.body.toString(), 'ok\n');
-      await sleep(50);
-      assert.match(log.text(), /stderr\.sh: first line\n/);
-      assert.match(log.text(), /stderr\.sh: second\n/);
-      assert.match(log.text(), /stderr\.sh: third\n/);
+      await eventually(() => log.text(), /stderr\.sh: first line\n/);
+      await eventually(() => log.text(), /stderr\.sh: second\n/);
+      await eventually(() => log.text(), /stderr\.sh: third\n/);
     } finally {
       log.restore();
     }

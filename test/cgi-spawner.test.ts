@@ -4,10 +4,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CgiHost } from '../src/cgi/host.ts';
 import { requirePeer } from '../src/peers/index.ts';
 import { assertGroupGone, captureLog, ENV_SCRIPT, envOf, get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;
 const scripts = {
@@ -123,8 +123,7 @@ for (const kind of ['helper', 'node'] as const) {
       const log = captureLog();
       try {
         assert.equal((await get(port, '/cgi-bin/stderr.sh')).body.toString(), 'ok\n');
-        await sleep(50);
-        assert.match(log.text(), /stderr\.sh: to the log\n/);
+        await eventually(() => log.text(), /stderr\.sh: to the log\n/);
       } finally {
         log.restore();
       }
@@ -139,9 +138,8 @@ for (const kind of ['helper', 'node'] as const) {
           assert.equal(r.status, 500, name);
           assert.doesNotMatch(r.body.toString(), /ran anyway/);
         }
-        await sleep(50);
-        assert.match(log.text(), /cannot execute .*no-shebang\.sh/);
-        assert.match(log.text(), /cannot execute .*bad-interpreter\.sh/);
+        await eventually(() => log.text(), /cannot execute .*no-shebang\.sh/);
+        await eventually(() => log.text(), /cannot execute .*bad-interpreter\.sh/);
       } finally {
         log.restore();
       }

@@ -8,6 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startDeployNginx, startFcgi, type DeployNginx, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { freePort, requirePeer } from '../src/peers/index.ts';
+import { waitFor } from './cgi-fixture.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const env = { ...process.env, SITE_APP_DIR: path.join(repoRoot, 'test/fixtures/apps') };
@@ -102,8 +104,7 @@ describe('several responders behind one nginx upstream', () => {
     assert.equal(count(failed, 'GET'), 0, 'in-flight GETs were retried on instance b');
     assert.ok(count(failed, 'POST') <= count(inFlight, 'POST'));
     // Access lines are written a moment after their answers.
-    await pollUntil(() => accessLines(b, uri) - servedByBBefore >= afterKill.length, 5000).catch(() => {});
-    assert.ok(accessLines(b, uri) - servedByBBefore >= afterKill.length, 'instance b served the rest');
+    await waitFor('access lines showing that instance b served the rest', () => accessLines(b, uri) - servedByBBefore >= afterKill.length || undefined);
     // nginx logged the dead instance and nothing about the live one.
     const errors = nginx.nginx.errors();
     assert.ok(errors.some((l) => l.includes(a.address)), 'the failure of instance a is in the error log');
@@ -129,13 +130,13 @@ describe('graceful reload', () => {
       for (let i = 0; i < 20; i++) seen.add((await (await fetch(`${base}/pid`)).text()).trim());
       return seen;
     };
-    await pollUntil(() => /2 workers serving/.test(app.output()), 20_000);
+    await eventually(() => app.output(), /2 workers serving/, 20_000);
     const before = await pids();
 
     const reloaded = (async () => {
       await sleep(300);
       process.kill(app.pid, 'SIGHUP');
-      await pollUntil(() => /reload done/.test(app.output()), 30_000);
+      await eventually(() => app.output(), /reload done/, 30_000);
       await sleep(300);
     })();
     const outcomes = await load(`${base}/slow?ms=10`, 16, reloaded);
@@ -148,10 +149,3 @@ describe('graceful reload', () => {
   });
 });
 
-async function pollUntil(condition: () => boolean, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
-    await sleep(25);
-  }
-}
