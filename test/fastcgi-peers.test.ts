@@ -171,7 +171,13 @@ describe('workers and unix sockets', () => {
       assert.equal(pids.size, 2, `answers came from ${[...pids]}`);
       assert.ok(!pids.has(String(app.pid)), 'the primary serves nothing itself');
       assert.equal(processGroupMembers(app.pid).length, 3, 'primary and two workers');
+      // A request in flight when the primary is told to stop is finished by its worker.
+      const slow = cgiFcgiRequest({ connect: app.address, params: params('/slow?ms=800') });
+      await sleep(300);
       const status = await app.signal('SIGTERM');
+      const res = await slow;
+      assert.equal(res.status, 200);
+      assert.equal(res.text(), 'slow done after 800 ms\n');
       assert.deepEqual(status, { code: 0, signal: null });
       assert.deepEqual(await groupGone(app.pid), [], 'the workers are gone too');
     } finally {

@@ -124,12 +124,8 @@ async function runResponderProcess(values: Values, target: ListenTarget, socketM
   const shutdownMs = intFlag(values, 'shutdown-timeout') * 1000;
   // With --cgi-dir, scripts still running after the deadline are killed with their process groups.
   const stop = () => server.stop(shutdownMs).then(() => cgiApp?.close());
-  if (cluster.isWorker) {
-    process.on('SIGTERM', () => stop().then(() => process.exit(0)));
-    process.on('SIGQUIT', () => stop().then(() => process.exit(0)));
-    process.on('SIGINT', () => {}); // the primary decides; Ctrl-C reaches the whole group
-  } else {
-    stopOnSignals(stop, 'fcgi');
+  stopOnSignals(stop, 'fcgi');
+  if (!cluster.isWorker) {
     // Started by `serve` (the process manager) with an IPC channel: its closing means the runner is gone.
     if (process.channel) {
       process.once('disconnect', () => {

@@ -1,4 +1,5 @@
 // Runs a Responder on a listening socket in this process, with graceful stop on SIGTERM/SIGQUIT.
+import cluster from 'node:cluster';
 import net from 'node:net';
 import { logError, logInfo } from '../log.ts';
 import { describeTarget, listenOn, type ListenTarget } from '../listen.ts';
@@ -30,11 +31,19 @@ export async function startResponderServer(responder: Responder, target: ListenT
   };
 }
 
-/** SIGTERM and SIGQUIT (php-fpm's graceful stop) finish in-flight work, then exit 0; a second signal exits at once. */
+/**
+ * SIGTERM and SIGQUIT (php-fpm's graceful stop) finish in-flight work, then exit 0; a second signal
+ * exits at once, and so does SIGINT. A cluster worker is told by its primary instead: it ignores
+ * SIGINT (a terminal's Ctrl-C reaches the whole process group, and the primary decides) and a
+ * repeated signal (a worker retiring on SIGHUP gets another SIGTERM if the primary then stops;
+ * the primary's own deadline ends a worker that hangs).
+ */
 export function stopOnSignals(stop: () => Promise<void>, what: string): void {
+  const worker = cluster.isWorker;
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
+      if (worker) return;
       logInfo(`${what}: ${signal} again, exiting now`);
       process.exit(0);
     }
@@ -50,7 +59,7 @@ export function stopOnSignals(stop: () => Promise<void>, what: string): void {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGQUIT', onSignal);
-  process.on('SIGINT', onSignal);
+  process.on('SIGINT', worker ? () => {} : onSignal);
 }
 
 export { describeTarget };
