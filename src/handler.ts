@@ -13,6 +13,8 @@ export interface AppContext {
   signal: AbortSignal;
   /** A line for the web server's error log (FastCGI STDERR), before the response; absent outside FastCGI. */
   stderr?: (message: string) => void;
+  /** The FastCGI request id, which the access line and our error lines for this request also carry; absent outside FastCGI. */
+  requestId?: number;
 }
 
 export interface App {

@@ -28,6 +28,7 @@ import {
   type NginxServer,
   type TempDir,
 } from '../src/peers/index.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '..');
 const cgiBin = path.join(repoRoot, 'cgi-bin');
@@ -59,6 +60,10 @@ echo "$$ $!" > "pids-$QUERY_STRING"
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 line=$(head -c 8000 /dev/zero | tr '\\0' x)
 while true; do echo "$line"; sleep 0.1; done
+`,
+  'stderr.sh': `#!/bin/sh
+echo "to the log" >&2
+printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nfailed\\n'
 `,
   'auth.sh': `#!/bin/sh
 # An Authorizer: 200 lets the request through, with Variable-* passed on; anything else is the answer.
@@ -382,6 +387,15 @@ describe('traversal', () => {
     // The fallback itself works: DOCUMENT_ROOT + SCRIPT_NAME, with PATH_INFO found by the walk.
     const fallback = await request(nginx!.port!, '/attack-name?n=/status.sh/more');
     assert.equal(fallback.status, 418);
+  });
+
+  test("our error lines carry the request id, the URI and the script (or the directory for a refusal)", async (t) => {
+    if (skipIfMissing(t)) return;
+    const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    assert.equal((await request(nginx!.port!, '/t/stderr.sh?id=7')).status, 500);
+    await eventually(() => testResponder!.stderr(), new RegExp(`stderr\\.sh: to the log \\[${escape(scriptDir)}/stderr\\.sh, request \\d+, uri=/t/stderr\\.sh\\?id=7\\]`));
+    assert.equal((await request(nginx!.port!, '/attack-file?f=../outside.sh')).status, 404);
+    await eventually(() => testResponder!.stderr(), new RegExp(`fastcgi: refusing SCRIPT_FILENAME .*outside\\.sh.* \\[${escape(scriptDir)}, request \\d+, uri=/attack-file\\?f=\\.\\./outside\\.sh\\]`));
   });
 
   test('behind Apache: the same attempts through ProxyFCGISetEnvIf and the URL', async (t) => {

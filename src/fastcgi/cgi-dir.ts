@@ -79,11 +79,14 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
   const directory = scriptDirectory(options.dir, '', options.followSymlinks);
   const host = await CgiHost.start({ maxScripts: options.maxScripts, timeoutMs: options.timeoutMs, killGraceMs: options.killGraceMs, spawner: options.spawner });
 
+  /** Our error lines name the request (its FastCGI id and URI) and the script, as the responder's own do. */
+  const logFields = (context: AppContext, script?: string) => ({ requestId: context.requestId, target: script ?? options.dir, uri: context.params.REQUEST_URI });
+
   /** Refuses a request: the status for the client, and the reason for the web server's log and ours. */
-  const refuse = (context: AppContext, status: number, reason: string): Response => {
+  const refuse = (context: AppContext, status: number, reason: string, script?: string): Response => {
     const line = `fastcgi: ${reason}`;
     context.stderr?.(line);
-    logError(line, { uri: context.params.REQUEST_URI });
+    logError(line, logFields(context, script));
     return plainResponse(status);
   };
 
@@ -129,12 +132,12 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
       body,
       signal: context.signal,
       nph: target.name.startsWith('nph-'),
-      onStderrLine: (line) => logError(`${target.name}: ${line}`),
+      onStderrLine: (line) => logError(`${target.name}: ${line}`, logFields(context, target.file)),
     });
     if (outcome.kind === 'error') {
       body?.resume();
       if (context.signal.aborted) return plainResponse(503);
-      return refuse(context, outcome.status, outcome.message.replace(/^cgi: /, `${target.name}: `));
+      return refuse(context, outcome.status, outcome.message.replace(/^cgi: /, `${target.name}: `), target.file);
     }
     const { head } = outcome;
     const stream: Readable = outcome.body;

@@ -391,6 +391,7 @@ export class ResponderConnection {
         return abort.signal;
       },
       stderr: (message: string) => this.stderr(request, message),
+      requestId: request.id,
     };
     let result: Response | Promise<Response>;
     try {
