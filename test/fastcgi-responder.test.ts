@@ -16,6 +16,7 @@ import {
   FCGI_PARAMS,
   FCGI_REQUEST_COMPLETE,
   FCGI_STDIN,
+  FCGI_STDERR,
   FCGI_STDOUT,
   FCGI_UNKNOWN_ROLE,
   FCGI_UNKNOWN_TYPE,
@@ -377,7 +378,11 @@ describe('aborts and failures', () => {
       const res = await c.response(1);
       assert.equal(parseCgiResponse(res.stdout).status, 500);
       assert.match(res.stderr, path === '/throw' ? /boom from the app/ : /rejected promise/);
-      assert.deepEqual(res.records.at(-1)!.type, FCGI_END_REQUEST);
+      // §3.3 and §6.1: each stream is closed by an empty record of its type, then END_REQUEST, even after an error.
+      const tail = res.records.slice(-3).map((r) => [r.type, r.content.length]);
+      assert.deepEqual(tail.at(-1), [FCGI_END_REQUEST, 8]);
+      assert.deepEqual(tail.slice(0, 2).sort(), [[FCGI_STDOUT, 0], [FCGI_STDERR, 0]]);
+      assert.equal(res.appStatus, 1, 'a failed app ends with app status 1, as a failed script exits 1');
       c.request(2, get('/hello'));
       assert.equal(parseCgiResponse((await c.response(2)).stdout).status, 200);
       c.close();
