@@ -58,8 +58,10 @@ async function serve(procs: number): Promise<RunningServer> {
 
 describe('npm start', () => {
   test('serves /cgi-bin/hello.ts (a process per request) and /fcgi/hello (persistent) with the same body; the app starts on first use and stops with serve', async () => {
-    // What `npm start` runs, from the repository root.
-    const proc = await startProcess({ name: 'cgi-runner serve', command: process.execPath, args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0'], cwd: repoRoot });
+    // What `npm start` runs, from the repository root (on a free port instead of 8080).
+    const [program, ...startArgs] = (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(' ');
+    assert.equal(program, 'node');
+    const proc = await startProcess({ name: 'cgi-runner serve', command: process.execPath, args: [...startArgs, '--port', '0'], cwd: repoRoot });
     try {
       const deadline = Date.now() + 20_000;
       let base: string | undefined;

@@ -8,7 +8,7 @@ import { loadApp } from '../handler.ts';
 import { installLightweightResponse } from '../lightweight-response.ts';
 import { describeTarget, inheritedListenTarget, noListenerHelp, parseListenAddress, parseSocketMode, removeStaleSocket, type ListenTarget } from '../listen.ts';
 import { logError, logInfo, setLogFormat, type LogFormat } from '../log.ts';
-import { runPrimary } from '../workers.ts';
+import { runPrimary, workerCount } from '../workers.ts';
 import { runHealthCheck } from '../fastcgi/health-check.ts';
 import { createCgiDirApp, type CgiDirApp } from '../fastcgi/cgi-dir.ts';
 
@@ -30,7 +30,7 @@ export const fcgiCommand: Command = {
     'cgi-timeout': { type: 'string', valueName: 'SECONDS', default: '30', description: 'with --cgi-dir: kill a script (and its process group) still running after this' },
     'max-scripts': { type: 'string', valueName: 'N', default: String(4 * os.availableParallelism()), description: 'with --cgi-dir: scripts running at once; more wait, then get 503' },
     'pass-auth': { type: 'boolean', description: 'with --cgi-dir: pass HTTP_AUTHORIZATION to scripts' },
-    workers: { type: 'string', valueName: 'N', default: '1', description: 'processes (node:cluster), e.g. one per core' },
+    workers: { type: 'string', valueName: 'N', default: '1', description: 'processes sharing the socket (node:cluster); auto: one per core' },
     'socket-mode': { type: 'string', valueName: 'MODE', default: '0660', description: 'permissions of a unix socket file' },
     'max-conns': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxConns), description: 'connections per process (FCGI_MAX_CONNS)' },
     'max-reqs': { type: 'string', valueName: 'N', default: String(defaultResponderOptions.maxReqs), description: 'requests in flight per process (FCGI_MAX_REQS); more get FCGI_OVERLOADED' },
@@ -57,7 +57,7 @@ export const fcgiCommand: Command = {
       });
     }
     setLogFormat(values['log-format'] as LogFormat);
-    const workers = intFlag(values, 'workers', 1);
+    const workers = workerCount(values.workers as string);
     const socketMode = parseSocketMode(values['socket-mode'] as string);
     const target = resolveTarget(values);
     if (cluster.isPrimary) {
