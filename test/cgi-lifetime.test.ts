@@ -213,6 +213,29 @@ describe('the concurrency cap', () => {
   });
 });
 
+describe('the queue timeout', () => {
+  test('a request that waited --timeout for a script slot gets 503', async () => {
+    // The running script ignores SIGTERM, so it holds the only slot past its own timeout until the
+    // SIGKILL that follows: the queued request's wait (also --timeout) ends first.
+    const server = await startCgiServer({ 'stubborn.sh': sh(`trap '' TERM; sleep 5`), 'quick.sh': sh(`printf 'Content-Type: text/plain\\n\\nquick\\n'`) }, { maxScripts: 1, timeout: 1, killGrace: 1 });
+    try {
+      const first = get(server.port, '/cgi-bin/stubborn.sh');
+      await waitFor('the first script to run', () => (server.host.running === 1 ? true : undefined));
+      const queuedAt = Date.now();
+      const queued = await get(server.port, '/cgi-bin/quick.sh');
+      const waited = Date.now() - queuedAt;
+      assert.equal(queued.status, 503);
+      assert.ok(waited >= 900, `answered after ${waited} ms: it waited its --timeout in the queue`);
+      assert.equal((await first).status, 504);
+      // The slot is free again once the stubborn script is gone.
+      await waitFor('the slot to be free', () => (server.host.running === 0 ? true : undefined), 5000);
+      assert.equal((await get(server.port, '/cgi-bin/quick.sh')).body.toString(), 'quick\n');
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('serve and SIGTERM', () => {
   test('in-flight requests finish, new ones are refused, stragglers are killed at the deadline', async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-test-'));
