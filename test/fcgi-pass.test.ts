@@ -7,7 +7,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
-import { findPeer, makeTempDir, startPhpFpm, writeShared, type PhpFpmServer, type TempDir } from '../src/peers/index.ts';
+import { findPeer, makeTempDir, startPhpFpm, startProcess, stop, writeShared, type PhpFpmServer, type TempDir } from '../src/peers/index.ts';
+import { waitFor } from './cgi-fixture.ts';
 import { logged } from './fixtures/log.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '..');
@@ -52,6 +53,9 @@ $body = file_get_contents('php://input');
 echo $_SERVER['REQUEST_METHOD'], ' ', strlen($body), ' ', md5($body), ' ', $_POST['name'] ?? '-', "\\n";
 `,
   );
+  // A second prefix, for the repeated flag: /legacy goes to the same php-fpm, under the same root.
+  fs.mkdirSync(path.join(root.path, 'www', 'legacy'), { mode: 0o755 });
+  await writeShared(path.join(root.path, 'www', 'legacy', 'where.php'), `<?php echo $_SERVER['SCRIPT_FILENAME'], "\\n";\n`);
   await writeShared(path.join(php, 'slow.php'), `<?php usleep(((int)($_GET['ms'] ?? 50)) * 1000); echo getmypid(), ' ', $_GET['n'] ?? '', "\\n";\n`);
   fpm = await startPhpFpm({ docroot: path.join(root.path, 'www'), children: 3 });
   running = await startServe({
@@ -117,6 +121,26 @@ describe('--fcgi-pass /php to php-fpm', () => {
         http.get({ host: '127.0.0.1', port: running!.port, path: target, agent: false }, (res) => resolve(res.resume().statusCode!)).on('error', reject);
       });
       assert.equal(status, 404, target);
+    }
+  });
+
+  test('the command line: --fcgi-pass repeated, each prefix to its upstream under --fcgi-root', async (t) => {
+    if (skipIfMissing(t)) return;
+    const www = path.join(root.path, 'www');
+    const proc = await startProcess({
+      name: 'cgi-runner serve --fcgi-pass',
+      command: process.execPath,
+      args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--fcgi-pass', `/php=${fpm!.address}`, '--fcgi-pass', `/legacy=${fpm!.address}`, '--fcgi-root', www],
+      cwd: repoRoot,
+    });
+    try {
+      const url = await waitFor('the URL line', () => /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1], 20_000);
+      assert.equal(await (await fetch(`${url}/legacy/where.php`)).text(), `${www}/legacy/where.php\n`);
+      const vars = (await (await fetch(`${url}/php/vars.php`)).json()) as Record<string, unknown>;
+      assert.equal(vars.SCRIPT_FILENAME, `${www}/php/vars.php`);
+      assert.equal((await fetch(`${url}/elsewhere/where.php`)).status, 404, 'no prefix, no upstream');
+    } finally {
+      await stop(proc, 'SIGTERM', 5000);
     }
   });
 
