@@ -65,6 +65,11 @@ while true; do echo "$line"; sleep 0.1; done
 echo "to the log" >&2
 printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nfailed\\n'
 `,
+  'countdown.sh': `#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+pad=$(head -c 8000 /dev/zero | tr '\\0' .)
+for i in 1 2 3 4; do echo "tick $i $pad"; sleep 0.3; done
+`,
   'auth.sh': `#!/bin/sh
 # An Authorizer: 200 lets the request through, with Variable-* passed on; anything else is the answer.
 got=$(wc -c | tr -d ' ')
@@ -429,6 +434,30 @@ describe('timeouts and disconnects', () => {
     assert.ok(Date.now() - started < 8000);
     await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache')]);
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "fastcgi: sleepy\.sh: the script ran longer than 4 s"/);
+  });
+
+  test('output streams: the first lines reach the client through nginx and Apache while the script still runs', async (t) => {
+    if (skipIfMissing(t)) return;
+    const timed = (port: number) =>
+      new Promise<{ firstAt: number; endAt: number; body: string }>((resolve, reject) => {
+        const started = Date.now();
+        let firstAt = 0;
+        let body = '';
+        http.get({ host: '127.0.0.1', port, path: '/t/countdown.sh', headers: { host: 'cgi.test' }, agent: false }, (res) => {
+          res.setEncoding('latin1');
+          res.on('data', (chunk: string) => {
+            if (!firstAt && chunk.includes('tick 1')) firstAt = Date.now() - started;
+            body += chunk;
+          });
+          res.on('end', () => resolve({ firstAt, endAt: Date.now() - started, body }));
+        }).on('error', reject);
+      });
+    for (const [front, port] of [['nginx', nginx!.port!], ['Apache', apache!.port]] as const) {
+      const r = await timed(port);
+      assert.equal(r.body.match(/tick \d/g)?.join(' '), 'tick 1 tick 2 tick 3 tick 4', front);
+      // The script takes 1.2 s; the first tick is written at once.
+      assert.ok(r.endAt - r.firstAt >= 600, `${front}: the first tick came at ${r.firstAt} ms, the end at ${r.endAt} ms`);
+    }
   });
 
   test('a client that goes away: nginx closes the connection, and the script and its background child are killed', async (t) => {
