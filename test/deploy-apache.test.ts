@@ -9,7 +9,7 @@ import { serverConnections, socketDir, startDeployApache, startFcgi, type Deploy
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
 import { freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
 import { eventually } from './fixtures/eventually.ts';
-import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { expectCgiDirScripts, expectSequentialHellos, expectStreamedBody, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');
@@ -75,6 +75,14 @@ describe('deploy/apache with Apache httpd (mod_proxy_fcgi, mod_authnz_fcgi)', ()
     await expectSequentialHellos([`${base}/kitchen/hello`, `${base}/tcp/kitchen/hello`], 20);
     assert.ok(serverConnections(unix!.address) >= 1, 'unix socket connections kept');
     assert.ok(serverConnections(tcp!.address) >= 1, 'TCP connections kept');
+  });
+
+  test('flushpackets=auto: a streamed answer reaches the client while the app still writes it, on both transports', async (t) => {
+    if (skipIfMissing(t, missing)) return;
+    const mark = apache!.errors().length;
+    await expectStreamedBody((p) => `${base}/kitchen/${p}`, 'deploy-unix');
+    await expectStreamedBody((p) => `${base}/tcp/kitchen/${p}`, 'deploy-tcp');
+    assert.deepEqual(apache!.errors().slice(mark), []);
   });
 
   test('/private/ asks for a password that the app checks in the Authorizer role', async (t) => {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startApache, type ApacheServer } from '../src/peers/index.ts';
-import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 import { establishedServerSide, fixtureApp, startResponder, type RunningResponder } from './fixtures/responder.ts';
 
 let tcpApp: RunningResponder | undefined;
@@ -35,7 +35,12 @@ MaxRequestWorkers 64
 MinSpareThreads 1
 MaxSpareThreads 128
 
-ProxyPass "/app/" "fcgi://${tcpApp.address}/" enablereuse=on
+# flushpackets=auto: pass each piece of a streamed answer on once the app pauses (httpd >= 2.4.31);
+# without it mod_proxy_fcgi holds small writes until its buffer fills or the answer ends.
+ProxyPass "/app/" "fcgi://${tcpApp.address}/" enablereuse=on flushpackets=auto
+<Proxy "unix:${unixApp.socketPath}|fcgi://localhost/">
+  ProxySet flushpackets=auto
+</Proxy>
 <Location "/sock/">
   SetHandler "proxy:unix:${unixApp.socketPath}|fcgi://localhost/"
 </Location>
@@ -108,6 +113,21 @@ for (const variant of variants) {
       const mark = apache!.errors().length;
       await expectTeapot(url);
       await expectPatternBody(url('bigstream?bytes=2000000'), 2_000_000);
+      assert.deepEqual(errorsSince(mark), []);
+    });
+
+    test('an 8 MiB response arrives intact, as bytes and as a stream', async (t) => {
+      if (skipIfMissing(t, missing)) return;
+      const mark = apache!.errors().length;
+      await expectLargeResponses(url);
+      assert.deepEqual(errorsSince(mark), []);
+    });
+
+    test('a streamed body: the first chunk reaches the client while the app still holds the stream open', async (t) => {
+      if (skipIfMissing(t, missing)) return;
+      const mark = apache!.errors().length;
+      const firstAfter = await expectStreamedBody(url, variant.prefix);
+      t.diagnostic(`first chunk after ${firstAfter.toFixed(1)} ms`);
       assert.deepEqual(errorsSince(mark), []);
     });
 

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NGINX_FASTCGI_PARAMS, startNginx, type NginxServer } from '../src/peers/index.ts';
 import { patternBytes } from './fixtures/apps/kitchen.ts';
-import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
 import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
 import { eventually } from './fixtures/eventually.ts';
 
@@ -62,19 +62,6 @@ function errorsSince(mark: number): string[] {
   return nginx!.errors().slice(mark);
 }
 
-/** Reads one chunk, or fails after ms: a body that nginx buffers until the end would hang here. */
-async function readWithin(reader: ReadableStreamDefaultReader<Uint8Array>, ms: number, what: string): Promise<{ done: boolean; value?: Uint8Array }> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing arrived within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([reader.read(), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 for (const transport of ['unix', 'tcp'] as const) {
   describe(`nginx fastcgi_pass over ${transport} with keepalive and fastcgi_keep_conn`, () => {
     const url = (path: string) => `${nginx!.url}/${transport}/${path}`;
@@ -116,14 +103,7 @@ for (const transport of ['unix', 'tcp'] as const) {
     test('an 8 MiB response arrives intact, as bytes and as a stream', async (t) => {
       if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const expected = sha256(patternBytes(8 * MiB));
-      for (const route of ['big', 'bigstream']) {
-        const res = await fetch(url(route));
-        assert.equal(res.status, 200);
-        const bytes = new Uint8Array(await res.arrayBuffer());
-        assert.equal(bytes.byteLength, 8 * MiB, route);
-        assert.equal(sha256(bytes), expected, route);
-      }
+      await expectLargeResponses(url);
       assert.deepEqual(errorsSince(mark), []);
     });
 
@@ -140,24 +120,7 @@ for (const transport of ['unix', 'tcp'] as const) {
     test('a streamed body: the first chunk reaches the client while the app still holds the stream open', async (t) => {
       if (skipIfMissing(t, missing)) return;
       const mark = nginx!.errors().length;
-      const id = `${transport}-${Date.now()}`;
-      const started = performance.now();
-      const res = await fetch(url(`stream?id=${id}`));
-      assert.equal(res.status, 200);
-      const reader = res.body!.getReader();
-      const first = await readWithin(reader, 5000, 'first chunk');
-      const firstAfter = performance.now() - started;
-      assert.equal(new TextDecoder().decode(first.value), 'first\n');
-      // The app releases the stream only now; "released" proves it was still open when the chunk arrived.
-      const release = await fetch(url(`release?id=${id}`));
-      assert.equal(await release.text(), 'released\n');
-      let rest = '';
-      for (;;) {
-        const { done, value } = await readWithin(reader, 5000, 'rest of the stream');
-        if (done) break;
-        rest += new TextDecoder().decode(value);
-      }
-      assert.equal(rest, 'last\n');
+      const firstAfter = await expectStreamedBody(url, transport);
       t.diagnostic(`first chunk after ${firstAfter.toFixed(1)} ms`);
       assert.deepEqual(errorsSince(mark), []);
     });
