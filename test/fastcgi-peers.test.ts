@@ -20,6 +20,7 @@ import {
   waitUntilReady,
 } from '../src/peers/index.ts';
 import { fcgiCommand, fixtureApp, repoRoot, startResponder } from './fixtures/responder.ts';
+import { eventually } from './fixtures/eventually.ts';
 
 const kitchen = fixtureApp('kitchen.ts');
 
@@ -134,6 +135,29 @@ describe('inherited listening sockets', () => {
       const env = await cgiFcgiRequest({ connect: `127.0.0.1:${port}`, params: params('/hello') });
       assert.equal(env.text(), 'hello\n');
       assert.match(proc.stderr(), /on fd:3 \(systemd socket activation\)/);
+    } finally {
+      await stop(proc);
+    }
+  });
+
+  test('--listen fd:N serves on a listening socket passed as descriptor N', async (t) => {
+    if (!requirePeer(t, 'cgi-fcgi')) return;
+    const port = await freePort();
+    const { command, args } = fcgiCommand(['--app', kitchen, '--listen', 'fd:5']);
+    // A parent that binds and listens, then execs the responder with the socket on fd 5 (as a
+    // supervisor such as s6 or runit's socket helpers would).
+    const launcher = `import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', ${port})); s.listen(64)
+os.dup2(s.fileno(), 5)
+os.execvp(sys.argv[1], sys.argv[1:])`;
+    const proc = await startProcess({ name: 'fcgi --listen fd:5', command: 'python3', args: ['-c', launcher, command, ...args], cwd: repoRoot });
+    try {
+      await waitUntilReady(proc, (signal) => waitForPort(port, '127.0.0.1', 10_000, signal));
+      const res = await cgiFcgiRequest({ connect: `127.0.0.1:${port}`, params: params('/hello'), timeoutMs: 20_000 });
+      assert.equal(res.status, 200);
+      assert.equal(res.text(), 'hello\n');
+      await eventually(() => proc.stderr(), /on fd:5 \(given\)/);
     } finally {
       await stop(proc);
     }
