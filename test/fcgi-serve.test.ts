@@ -47,6 +47,8 @@ before(async () => {
   apps = await makeTempDir('fcgi-serve-apps-');
   fs.writeFileSync(path.join(apps.path, 'upstream.ts'), `export { default } from ${JSON.stringify(path.join(repoRoot, 'test/fixtures/apps/client-upstream.ts'))};\n`);
   fs.writeFileSync(path.join(apps.path, 'broken.ts'), `throw new Error('this app is broken on purpose');\n`);
+  // Exits (a crash) on /crash; answers its pid otherwise.
+  fs.writeFileSync(path.join(apps.path, 'crashy.ts'), `export default { fetch(request: Request) { if (request.url.endsWith('/crash')) process.exit(3); return new Response(String(process.pid)); } };\n`);
 });
 after(async () => {
   await apps?.cleanup();
@@ -133,7 +135,7 @@ describe('the process manager', () => {
     }
   });
 
-  test('kill -9 of the app process during load: a POST in flight gets 502, a GET in flight goes again to the restarted process, every later request succeeds', async () => {
+  test('kill -9 of the app process during load: requests in flight get 502 (a GET as well as a POST), every later request succeeds', async () => {
     const running = await serve(1);
     try {
       const base = `http://127.0.0.1:${running.port}`;
@@ -151,7 +153,7 @@ describe('the process manager', () => {
             const response = await fetch(`${base}/fcgi/upstream/slowpid?ms=20`);
             const text = await response.text();
             const pid = response.status === 200 ? Number(text) : 0;
-            // Only requests sent after the kill count: one sent before it may be retried on the new process.
+            // Only requests sent after the kill count towards the restarted process's 20.
             if (killedAt && start >= killedAt && pid && pid !== first) served++;
             results.push({ start, end: performance.now(), status: response.status, pid });
           }
@@ -159,8 +161,8 @@ describe('the process manager', () => {
         const load = Promise.all(Array.from({ length: 8 }, worker));
         // Under load: 20 requests answered, 8 more in flight.
         while (results.length < 20) await sleep(10);
-        // Surely in flight at the kill: a POST (its body is gone with the process: 502) and a GET
-        // (sent again to the replacement, as nginx's fastcgi_next_upstream does).
+        // Surely in flight at the kill: a POST and a GET. Neither is sent again (the GET might be what
+        // crashed the process): both get 502.
         const post = fetch(`${base}/fcgi/upstream/slowpid?ms=5000`, { method: 'POST', body: 'gone with the process' }).then(async (r) => ({ status: r.status, text: await r.text() }));
         const get = fetch(`${base}/fcgi/upstream/slowpid?ms=300`).then(async (r) => ({ status: r.status, text: await r.text() }));
         await sleep(200);
@@ -170,8 +172,7 @@ describe('the process manager', () => {
         inFlight = { post: await post, get: await get };
       });
       assert.equal(inFlight!.post.status, 502, 'a POST in flight when its process died');
-      assert.equal(inFlight!.get.status, 200, 'a bodyless GET in flight went again to the replacement');
-      assert.notEqual(Number(inFlight!.get.text), first);
+      assert.equal(inFlight!.get.status, 502, 'a GET in flight when its process died');
       const before = results.filter((r) => r.end < killedAt);
       const during = results.filter((r) => r.start < killedAt && r.end >= killedAt);
       const later = results.filter((r) => r.start >= killedAt);
@@ -221,6 +222,32 @@ describe('the process manager', () => {
       assert.ok(r.endsWith('\r\n\r\nshor'), JSON.stringify(r));
     } finally {
       await running.stop(2000);
+    }
+  });
+
+  test('an app that keeps crashing is restarted after a delay that doubles each time', async () => {
+    const running = await serve(1);
+    try {
+      const base = `http://127.0.0.1:${running.port}/fcgi/crashy`;
+      const { lines } = await logged(async (seen) => {
+        for (let i = 0; i < 3; i++) {
+          const pid = Number(await (await fetch(base)).text());
+          assert.equal((await fetch(`${base}/crash`)).status, 502, 'the request that crashed it');
+          // Until the replacement answers (while it starts, requests wait for it or get 503).
+          const deadline = Date.now() + 20_000;
+          let next = pid;
+          while (next === pid && Date.now() < deadline) {
+            const r = await fetch(base);
+            next = r.status === 200 ? Number(await r.text()) : pid;
+            if (next === pid) await sleep(50);
+          }
+          assert.notEqual(next, pid, `restart ${i + 1}: ${seen.join('\n')}`);
+        }
+      });
+      const delays = lines.map((l) => /fcgi\/crashy: process exit status 3; restarting in (\d+) ms/.exec(l)?.[1]).filter(Boolean);
+      assert.deepEqual(delays, ['100', '200', '400'], lines.join('\n'));
+    } finally {
+      await running.stop(5000);
     }
   });
 

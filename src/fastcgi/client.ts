@@ -59,11 +59,6 @@ export class FastCGIUpstreamError extends Error {
     readonly upstream: string,
     /** Nothing reached the upstream (the connection could not be made): sending again elsewhere is safe. */
     readonly retryable = false,
-    /**
-     * The request went out, but the connection died before any record came back and before any of
-     * a request body was read: an idempotent request may go again (nginx's fastcgi_next_upstream).
-     */
-    readonly unanswered = false,
   ) {
     super(message);
   }
@@ -938,13 +933,15 @@ class Exchange {
     }
     if (error && !this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
     error ??= this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params);
-    if (this.sent && !this.gotRecord && !this.bodyTouched) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, error.retryable, true);
     this.fail(error, false);
   }
 
   /** Ends the request with an error: before the header block the promise rejects, after it the body errors. */
   fail(error: FastCGIUpstreamError, release = true): void {
     if (this.state === 'done') return;
+    // Once the request went out (and was retried), it may have run, or made its upstream crash: the
+    // caller must not send it again, even when only the retry's connect failed.
+    if (this.sent && error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, false);
     if (this.waiter) this.client.removeWaiter(this.waiter);
     this.finish(false, release);
     if (!this.headSettled) this.rejectOnce(error);

@@ -55,12 +55,11 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
         break;
       } catch (err) {
         // An app process that just died refuses connections until its exit is noticed and it is
-        // replaced; nothing was sent, so the request goes to the next process picked. A bodyless
-        // GET or HEAD that got no answer may also go again, as nginx's fastcgi_next_upstream does:
-        // the replacement takes a moment to start, hence the growing pauses.
+        // replaced; nothing was sent, so the request goes to the next process picked, after growing
+        // pauses while the replacement starts. A request that reached a process that then died is
+        // not sent again (it gets 502): it may have run, or be the one that made its process crash.
         if (!target.retry || !(err instanceof FastCGIUpstreamError) || request.signal.aborted) throw err;
-        const resendable = err.retryable || (err.unanswered && body === null && (params.REQUEST_METHOD === 'GET' || params.REQUEST_METHOD === 'HEAD'));
-        if (!resendable || attempt >= 4) throw err;
+        if (!err.retryable || attempt >= 4) throw err;
         await sleep(10 * 4 ** attempt);
       }
     }
