@@ -13,7 +13,7 @@ export interface ScriptLocation {
   name: string;
 }
 
-export type Resolution = ({ ok: true } & ScriptLocation) | { ok: false; status: 400 | 403 | 404; reason: string };
+export type Resolution = ({ ok: true } & ScriptLocation) | { ok: false; status: 400 | 403 | 404; reason: string; /** The path leads out of the directory (through a symlink). */ outside?: true };
 
 export interface ScriptDirectory {
   /** Absolute path of the directory, as given. */
@@ -125,7 +125,7 @@ export function resolveScript(root: ScriptDirectory, rawPath: string): Resolutio
       } catch {
         return { ok: false, status: 404, reason: 'no such script' };
       }
-      if (!inside(root.realDir, real)) return { ok: false, status: 403, reason: 'a symlink to outside the script directory' };
+      if (!inside(root.realDir, real)) return { ok: false, status: 403, reason: 'a symlink to outside the script directory', outside: true };
     }
     scriptParts.push(seg);
     if (stat.isDirectory()) {

@@ -67,7 +67,8 @@ export function locateScript(directory: ScriptDirectory, requested: string): Scr
   if (normalized !== dir && !normalized.startsWith(dir + '/')) return { ok: false, status: 404, reason: `outside ${dir}` };
   // resolveScript takes a URL path: "%" is escaped so that file names are taken literally.
   const resolution = resolveScript(directory, normalized.slice(dir.length).replace(/%/g, '%25') || '/');
-  if (!resolution.ok) return { ok: false, status: resolution.status, reason: resolution.reason };
+  // A symlink out of the directory is outside it: 404, as for any other path outside.
+  if (!resolution.ok) return { ok: false, status: resolution.outside ? 404 : resolution.status, reason: resolution.reason };
   return { ok: true, file: resolution.file, name: resolution.name, scriptName: resolution.scriptName, pathInfo: resolution.pathInfo };
 }
 
