@@ -131,3 +131,31 @@ test('Ctrl-C stops the run and every process it started', { timeout: 90_000, ski
   const left = await leftovers([...seen.keys()], from, to);
   assert.deepEqual(left, [], `left running after Ctrl-C: ${describeLeft(left)}`);
 });
+
+test('--rate: open loop at the given arrival rate, and the report says what ran on which CPU', { timeout: 120_000, skip: process.platform !== 'linux' && 'Linux only' }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-rate-'));
+  try {
+    const json = path.join(dir, 'bench.json');
+    const run = bench(['--duration', '1', '--connections', '4', '--targets', 'node-http', '--rate', '200', '--json', json]);
+    const { code, stderr } = await run.finished;
+    assert.equal(code, 0, stderr.slice(-3000));
+    const report = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchReport;
+    assert.equal(report.run.rate, 200);
+    const [result] = report.results;
+    assert.equal(result?.target, 'node-http');
+    // One second at 200 requests/s: about 200 requests, where a closed loop would make thousands.
+    assert.ok(result.requests >= 120 && result.requests <= 260, `${result.requests} requests in 1 s at --rate 200`);
+    assert.equal(result.errors, 0);
+    const { pinning } = report.machine;
+    if (pinning.enabled) {
+      const load = pinning.loadGenerator.split(',');
+      const servers = pinning.servers.split(',');
+      assert.deepEqual(load.filter((cpu) => servers.includes(cpu)), [], `the load generator (${pinning.loadGenerator}) and the servers (${pinning.servers}) share no CPU`);
+      assert.equal(report.run.targets.find((t) => t.name === 'node-http')?.cpus, pinning.servers, 'the target ran on the servers\' CPUs');
+    } else {
+      assert.ok(pinning.description.length > 0, 'says why nothing was pinned');
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
