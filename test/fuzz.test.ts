@@ -14,7 +14,7 @@ import path from 'node:path';
 // CI runs a few seconds of each target; `npm run fuzz -- --seconds 600` is the long form.
 const seconds = Number(process.env.FUZZ_SECONDS ?? 9);
 
-test(`fuzzing the codec, the responder and the CGI path for ${seconds} s finds nothing`, { timeout: (seconds + 60) * 1000 }, async () => {
+test(`fuzzing the codec, the responder and the CGI path for ${seconds} s finds nothing`, { timeout: (seconds + 60) * 1000 }, async (t) => {
   const report = await runFuzz({ seconds });
   const failed = report.results.filter((r) => r.failed);
   assert.deepEqual(report.problems, []);
@@ -23,6 +23,11 @@ test(`fuzzing the codec, the responder and the CGI path for ${seconds} s finds n
   assert.ok(report.results.length >= 14, `${report.results.length} properties ran`);
   for (const r of report.results) assert.ok(r.runs > 0, `${r.property} never ran`);
   assert.ok(report.canaryRequests > 10, `${report.canaryRequests} canary requests`);
+  // Memory stayed bounded over each target (the 256 MiB limit is also a problem report above).
+  assert.deepEqual(Object.keys(report.memory).sort(), ['cgi', 'codec', 'responder']);
+  for (const [target, m] of Object.entries(report.memory)) {
+    t.diagnostic(`${target}: RSS ${(m.rssBeforeBytes / 2 ** 20).toFixed(0)} -> ${(m.rssAfterBytes / 2 ** 20).toFixed(0)} MiB`);
+  }
 });
 
 function request(id: number, params: Record<string, string>, body = '', flags = FCGI_KEEP_CONN): Buffer {

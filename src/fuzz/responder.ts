@@ -382,18 +382,12 @@ export interface ResponderFuzzReport {
   results: PropertyResult[];
   /** Canary requests answered while fuzzing. */
   canaryRequests: number;
-  rssBeforeBytes: number;
-  rssAfterBytes: number;
-  heapBeforeBytes: number;
-  heapAfterBytes: number;
 }
 
-export async function fuzzResponder(options: FuzzOptions & { gc?: () => void }): Promise<ResponderFuzzReport> {
+export async function fuzzResponder(options: FuzzOptions): Promise<ResponderFuzzReport> {
   const target = await startFuzzedResponder();
   const canary = await Canary.open(target.socketPath);
   const state: ResponderFuzzState = { target, canary };
-  options.gc?.();
-  const before = process.memoryUsage();
   const results: PropertyResult[] = [];
   try {
     const properties = Object.entries(responderProperties(state));
@@ -407,14 +401,5 @@ export async function fuzzResponder(options: FuzzOptions & { gc?: () => void }):
     canary.close();
     await target.close();
   }
-  options.gc?.();
-  const after = process.memoryUsage();
-  return {
-    results,
-    canaryRequests: canary.sent,
-    rssBeforeBytes: before.rss,
-    rssAfterBytes: after.rss,
-    heapBeforeBytes: before.heapUsed,
-    heapAfterBytes: after.heapUsed,
-  };
+  return { results, canaryRequests: canary.sent };
 }

@@ -20,7 +20,7 @@ export interface FuzzRunOptions {
   /** Replay: the path a failure printed (with its seed), and a part of the property's name. */
   path?: string;
   only?: string;
-  /** Most RSS growth of this process over the responder run. Default 256 MiB. */
+  /** Most RSS growth of this process over each target's run (after a GC). Default 256 MiB. */
   maxRssGrowthBytes?: number;
   onResult?: (result: PropertyResult) => void;
 }
@@ -29,8 +29,16 @@ export interface FuzzRunReport {
   results: PropertyResult[];
   /** Problems other than a failed property (memory, a server that stopped answering). */
   problems: string[];
-  memory?: { rssBeforeBytes: number; rssAfterBytes: number; heapBeforeBytes: number; heapAfterBytes: number };
+  /** This process's memory before and after each target's run, after a GC: it must stay bounded. */
+  memory: Partial<Record<FuzzTarget, MemoryFigures>>;
   canaryRequests: number;
+}
+
+export interface MemoryFigures {
+  rssBeforeBytes: number;
+  rssAfterBytes: number;
+  heapBeforeBytes: number;
+  heapAfterBytes: number;
 }
 
 /** A gc() that works without --expose-gc, so the memory figures are of live data. */
@@ -47,23 +55,31 @@ export async function runFuzz(options: FuzzRunOptions): Promise<FuzzRunReport> {
   const targets = options.targets ?? fuzzTargets;
   const total = targets.reduce((sum, t) => sum + shares[t], 0);
   const budget = (t: FuzzTarget) => (options.seconds * 1000 * shares[t]) / total;
-  const report: FuzzRunReport = { results: [], problems: [], canaryRequests: 0 };
+  const report: FuzzRunReport = { results: [], problems: [], memory: {}, canaryRequests: 0 };
   const common = { seed: options.seed, path: options.path, only: options.only, onResult: options.onResult };
+  const gc = gcFunction();
+  const limit = options.maxRssGrowthBytes ?? 256 * 2 ** 20;
+  const measure = () => {
+    gc?.();
+    const m = process.memoryUsage();
+    return { rss: m.rss, heap: m.heapUsed };
+  };
   for (const target of targets) {
+    const before = measure();
     try {
       if (target === 'codec') report.results.push(...(await fuzzCodec({ ...common, timeMs: budget(target) })));
       else if (target === 'cgi') report.results.push(...(await fuzzCgi({ ...common, timeMs: budget(target) })));
       else {
-        const r = await fuzzResponder({ ...common, timeMs: budget(target), gc: gcFunction() });
+        const r = await fuzzResponder({ ...common, timeMs: budget(target) });
         report.results.push(...r.results);
         report.canaryRequests = r.canaryRequests;
-        report.memory = { rssBeforeBytes: r.rssBeforeBytes, rssAfterBytes: r.rssAfterBytes, heapBeforeBytes: r.heapBeforeBytes, heapAfterBytes: r.heapAfterBytes };
-        const limit = options.maxRssGrowthBytes ?? 256 * 2 ** 20;
-        if (r.rssAfterBytes - r.rssBeforeBytes > limit) report.problems.push(`RSS grew by ${((r.rssAfterBytes - r.rssBeforeBytes) / 2 ** 20).toFixed(0)} MiB while fuzzing the responder`);
       }
     } catch (err) {
       report.problems.push(`${target}: ${(err as Error).stack ?? String(err)}`);
     }
+    const after = measure();
+    report.memory[target] = { rssBeforeBytes: before.rss, rssAfterBytes: after.rss, heapBeforeBytes: before.heap, heapAfterBytes: after.heap };
+    if (after.rss - before.rss > limit) report.problems.push(`RSS grew by ${((after.rss - before.rss) / 2 ** 20).toFixed(0)} MiB while fuzzing the ${target} target`);
   }
   return report;
 }
@@ -116,10 +132,10 @@ async function main(argv: string[]): Promise<number> {
     onResult: (r) => write(formatResult(r) + '\n'),
   });
   const runs = report.results.reduce((n, r) => n + r.runs, 0);
-  if (report.memory) {
-    const m = report.memory;
-    write(`memory: RSS ${(m.rssBeforeBytes / 2 ** 20).toFixed(0)} -> ${(m.rssAfterBytes / 2 ** 20).toFixed(0)} MiB, heap ${(m.heapBeforeBytes / 2 ** 20).toFixed(1)} -> ${(m.heapAfterBytes / 2 ** 20).toFixed(1)} MiB; ${report.canaryRequests} requests on the canary connection\n`);
+  for (const [target, m] of Object.entries(report.memory)) {
+    write(`memory over ${target}: RSS ${(m.rssBeforeBytes / 2 ** 20).toFixed(0)} -> ${(m.rssAfterBytes / 2 ** 20).toFixed(0)} MiB, heap ${(m.heapBeforeBytes / 2 ** 20).toFixed(1)} -> ${(m.heapAfterBytes / 2 ** 20).toFixed(1)} MiB\n`);
   }
+  if (report.canaryRequests) write(`${report.canaryRequests} requests on the responder's canary connection\n`);
   for (const p of report.problems) write(`problem: ${p}\n`);
   const failed = report.results.filter((r) => r.failed).length;
   write(`${runs} cases, ${failed} failed properties, ${report.problems.length} other problems\n`);
