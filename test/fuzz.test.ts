@@ -23,10 +23,10 @@ test(`fuzzing the codec, the responder and the CGI path for ${seconds} s finds n
   assert.ok(report.results.length >= 14, `${report.results.length} properties ran`);
   for (const r of report.results) assert.ok(r.runs > 0, `${r.property} never ran`);
   assert.ok(report.canaryRequests > 10, `${report.canaryRequests} canary requests`);
-  // Memory stayed bounded over each target (the 256 MiB limit is also a problem report above).
+  // Live memory stayed bounded over each target (past the limit it is a problem, asserted above).
   assert.deepEqual(Object.keys(report.memory).sort(), ['cgi', 'codec', 'responder']);
   for (const [target, m] of Object.entries(report.memory)) {
-    t.diagnostic(`${target}: RSS ${(m.rssBeforeBytes / 2 ** 20).toFixed(0)} -> ${(m.rssAfterBytes / 2 ** 20).toFixed(0)} MiB`);
+    t.diagnostic(`${target}: live ${(m.liveBeforeBytes / 2 ** 20).toFixed(1)} -> ${(m.liveAfterBytes / 2 ** 20).toFixed(1)} MiB, RSS ${(m.rssBeforeBytes / 2 ** 20).toFixed(0)} -> ${(m.rssAfterBytes / 2 ** 20).toFixed(0)} MiB`);
   }
 });
 
