@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
 import { childPids, makeTempDir, startProcess, stop, type TempDir } from '../src/peers/index.ts';
+import { waitFor } from './cgi-fixture.ts';
 import { logged } from './fixtures/log.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '..');
@@ -142,8 +143,11 @@ describe('the process manager', () => {
       const first = Number(await (await fetch(`${base}/fcgi/upstream/pid`)).text());
       const results: Array<{ start: number; end: number; status: number; pid: number }> = [];
       let killedAt = 0;
+      // When serve saw the death: a request sent between the kill and then may still have gone to
+      // the dead process (it was in flight too); every request after it must succeed.
+      let noticedAt = 0;
       let inFlight: { post: { status: number; text: string }; get: { status: number; text: string } } | undefined;
-      const { lines } = await logged(async () => {
+      const { lines } = await logged(async (seen) => {
         // Until the restarted process has served 20 requests (its start takes long on a busy machine).
         const deadline = performance.now() + 40_000;
         let served = 0;
@@ -153,34 +157,35 @@ describe('the process manager', () => {
             const response = await fetch(`${base}/fcgi/upstream/slowpid?ms=20`);
             const text = await response.text();
             const pid = response.status === 200 ? Number(text) : 0;
-            // Only requests sent after the kill count towards the restarted process's 20.
-            if (killedAt && start >= killedAt && pid && pid !== first) served++;
+            if (noticedAt && start >= noticedAt && pid && pid !== first) served++;
             results.push({ start, end: performance.now(), status: response.status, pid });
           }
         };
         const load = Promise.all(Array.from({ length: 8 }, worker));
         // Under load: 20 requests answered, 8 more in flight.
         while (results.length < 20) await sleep(10);
-        // Surely in flight at the kill: a POST and a GET. Neither is sent again (the GET might be what
-        // crashed the process): both get 502.
-        const post = fetch(`${base}/fcgi/upstream/slowpid?ms=5000`, { method: 'POST', body: 'gone with the process' }).then(async (r) => ({ status: r.status, text: await r.text() }));
-        const get = fetch(`${base}/fcgi/upstream/slowpid?ms=300`).then(async (r) => ({ status: r.status, text: await r.text() }));
-        await sleep(200);
+        // Surely in flight at the kill (the app said both arrived): a POST and a GET. Neither is sent
+        // again (the GET might be what crashed the process): both get 502.
+        const post = fetch(`${base}/fcgi/upstream/slowpid?ms=5000&tag=post`, { method: 'POST', body: 'gone with the process' }).then(async (r) => ({ status: r.status, text: await r.text() }));
+        const get = fetch(`${base}/fcgi/upstream/slowpid?ms=5000&tag=get`).then(async (r) => ({ status: r.status, text: await r.text() }));
+        await waitFor('both tagged requests to reach the app', () => (['post', 'get'].every((tag) => seen.some((l) => l.includes(`upstream-app: started ${tag}`))) ? true : undefined), 10_000);
         killedAt = performance.now();
         process.kill(first, 'SIGKILL');
+        await waitFor('serve to see the process die', () => (seen.some((l) => l.includes('process killed by SIGKILL')) ? true : undefined), 10_000);
+        noticedAt = performance.now();
         await load;
         inFlight = { post: await post, get: await get };
       });
       assert.equal(inFlight!.post.status, 502, 'a POST in flight when its process died');
       assert.equal(inFlight!.get.status, 502, 'a GET in flight when its process died');
       const before = results.filter((r) => r.end < killedAt);
-      const during = results.filter((r) => r.start < killedAt && r.end >= killedAt);
-      const later = results.filter((r) => r.start >= killedAt);
+      const during = results.filter((r) => r.start < noticedAt && r.end >= killedAt);
+      const later = results.filter((r) => r.start >= noticedAt);
       assert.ok(before.length >= 20, `${before.length} requests before the kill`);
       assert.deepEqual(before.filter((r) => r.status !== 200 || r.pid !== first), []);
       assert.ok(during.every((r) => r.status === 200 || r.status === 502), JSON.stringify(during));
       assert.ok(later.length >= 20, `${later.length} requests after the kill`);
-      assert.deepEqual(later.filter((r) => r.status !== 200), [], 'every request after the kill succeeded');
+      assert.deepEqual(later.filter((r) => r.status !== 200), [], 'every request after serve saw the death succeeded');
       const restarted = running.fastcgi.manager.pids()['fcgi/upstream']!;
       assert.equal(restarted.length, 1);
       assert.notEqual(restarted[0], first);

@@ -533,10 +533,18 @@ class Connection {
       }
     });
     socket.on('drain', () => this.releaseDrainWaiters());
-    socket.on('error', () => {});
+    // The upstream closed its side (or the socket failed): 'close' follows a turn or two later, and
+    // until then no new request may be put on this connection, where it would be lost unsent.
+    socket.on('end', () => (this.closing = true));
+    socket.on('error', () => (this.closing = true));
     socket.on('close', () => this.onClose(null, false));
     for (const exchange of [...this.exchanges.values()]) exchange.send();
     if (this.exchanges.size === 0) this.becameIdle();
+  }
+
+  /** Whether bytes written now would go out: open, and the upstream has not closed its side. */
+  get writable(): boolean {
+    return this.state === 'open' && !!this.socket && this.socket.writable && !this.socket.destroyed;
   }
 
   write(buffer: Buffer): boolean {
@@ -726,6 +734,9 @@ class Exchange {
   /** BEGIN_REQUEST, the whole PARAMS stream, and STDIN: in one write when there is no body. */
   send(): void {
     const connection = this.connection!;
+    // A connection the upstream has just closed: nothing goes out, and its close retries or fails
+    // this request as one that never reached the upstream.
+    if (!connection.writable) return;
     this.sent = true;
     if (connection.sentAt === 0) connection.sentAt = performance.now();
     const pairs = encodePairs(this.params);
@@ -931,8 +942,9 @@ class Exchange {
       this.client.enqueue(this, true);
       return;
     }
-    if (error && !this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
     error ??= this.client.failure(502, this.headSettled ? 'closed the connection in the middle of the response' : 'closed the connection before the response header', this.params);
+    // Never sent: the caller may send it elsewhere (or again, once a replacement is up).
+    if (!this.sent && !error.retryable) error = new FastCGIUpstreamError(error.status, error.message, error.upstream, true);
     this.fail(error, false);
   }
 
