@@ -196,8 +196,8 @@ describe('workers and unix sockets', () => {
       assert.ok(!pids.has(String(app.pid)), 'the primary serves nothing itself');
       assert.equal(processGroupMembers(app.pid).length, 3, 'primary and two workers');
       // A request in flight when the primary is told to stop is finished by its worker.
-      const slow = cgiFcgiRequest({ connect: app.address, params: params('/slow?ms=800') });
-      await sleep(300);
+      const slow = cgiFcgiRequest({ connect: app.address, params: params('/slow?ms=800&tag=workers') });
+      await eventually(() => app.output(), /kitchen: slow started workers/);
       const status = await app.signal('SIGTERM');
       const res = await slow;
       assert.equal(res.status, 200);
