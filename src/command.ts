@@ -21,8 +21,15 @@ export interface Command {
   run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number | void> | number | void;
 }
 
+/** What `--help` is made from: a command of `cgi-runner`, or a script run as `npm run NAME --`. */
+type HelpSource = Pick<Command, 'summary' | 'details' | 'flags'> & { usage: string };
+
 export function helpText(command: Command): string {
-  const lines = [`usage: cgi-runner ${command.name} [flags]`, '', command.summary, '', 'flags:'];
+  return formatHelp({ ...command, usage: `cgi-runner ${command.name} [flags]` });
+}
+
+function formatHelp(command: HelpSource): string {
+  const lines = [`usage: ${command.usage}`, '', command.summary, '', 'flags:'];
   const entries = Object.entries(command.flags).map(([name, spec]) => {
     const left = `  --${name}${spec.type === 'string' ? ` ${spec.valueName ?? 'VALUE'}` : ''}`;
     const def = spec.default === undefined || spec.default === false ? '' : ` (default: ${spec.default})`;
@@ -37,7 +44,7 @@ export function helpText(command: Command): string {
 }
 
 /** Parses argv for a command; throws a TypeError with a readable message on unknown or malformed flags. */
-export function parseCommandArgs(command: Command, argv: string[]) {
+export function parseCommandArgs(command: Pick<Command, 'flags'>, argv: string[]) {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string; default?: string | boolean }> = {};
   for (const [name, spec] of Object.entries(command.flags)) {
     options[name] = { type: spec.type };
@@ -60,4 +67,32 @@ export function intFlag(values: Record<string, unknown>, name: string, min = 0):
 
 export function optionalIntFlag(values: Record<string, unknown>, name: string, min = 0): number | undefined {
   return values[name] === undefined ? undefined : intFlag(values, name, min);
+}
+
+export interface ScriptSpec {
+  /** The npm script, e.g. `bench:cgi`. */
+  script: string;
+  summary: string;
+  details?: string;
+  flags: Record<string, FlagSpec>;
+}
+
+/**
+ * A standalone script's flags (`npm run SCRIPT -- …`), with the same flag specs and generated
+ * `--help` as the commands: prints the help and exits 0 on --help, and exits 2 on a bad flag.
+ */
+export function parseScriptArgs(spec: ScriptSpec, argv: string[] = process.argv.slice(2)): Record<string, string | boolean | string[] | undefined> {
+  const source: HelpSource = { ...spec, usage: `npm run ${spec.script} -- [flags]` };
+  let values;
+  try {
+    values = parseCommandArgs(spec, argv).values;
+  } catch (err) {
+    process.stderr.write(`${spec.script}: ${(err as Error).message}\n\n${formatHelp(source)}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(formatHelp(source));
+    process.exit(0);
+  }
+  return values;
 }

@@ -65,3 +65,20 @@ test('fcgi --workers: a count, or auto for one per core', () => {
   assert.equal(workerCount('auto'), os.availableParallelism());
   for (const bad of ['0', '-1', '1.5', 'all', '']) assert.throws(() => workerCount(bad), /--workers must be an integer >= 1 or auto/);
 });
+
+// The scripts run as `npm run NAME --` share the commands' flag specs and generated --help.
+const scripts: [file: string, script: string, flag: string, defaultValue: string][] = [
+  ['src/http/cgi-measure.ts', 'bench:cgi', '--requests N', '2000'],
+  ['src/bench/responder-compare.ts', 'bench:responder', '--connections N', '16'],
+  ['src/soak/soak.ts', 'soak', '--minutes N', '10'],
+  ['src/soak/faults.ts', 'faults', '--seconds N', '30'],
+  ['src/fuzz/run.ts', 'fuzz', '--seconds N', '60'],
+];
+for (const [file, script, flag, defaultValue] of scripts) {
+  test(`npm run ${script} -- --help`, async () => {
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', file, '--help'], { cwd: repoRoot });
+    assert.match(stdout, new RegExp(`^usage: npm run ${script} -- \\[flags\\]\n`));
+    const line = stdout.split('\n').find((l) => l.startsWith(`  ${flag} `));
+    assert.ok(line?.endsWith(`(default: ${defaultValue})`), `${flag}: ${line}\n${stdout}`);
+  });
+}

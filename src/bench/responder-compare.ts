@@ -5,29 +5,24 @@
 // headline, since absolute numbers depend on the machine.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseScriptArgs } from '../command.ts';
 import { median } from './histogram.ts';
 import { runWrk, type WrkSample as Sample } from './wrk.ts';
 import { freePort, startNginx, startPhpFpm, startProcess, stop, stopAll, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { values } = parseArgs({
-  options: {
-    duration: { type: 'string', default: '5' },
-    rounds: { type: 'string', default: '3' },
-    connections: { type: 'string', default: '16' },
-    'access-log': { type: 'boolean', default: false },
-    help: { type: 'boolean', short: 'h' },
+const values = parseScriptArgs({
+  script: 'bench:responder',
+  summary:
+    'One responder process behind nginx against one php-fpm worker and against the same app on plain node:http behind the same nginx,\n' +
+    'wrk in alternating rounds; prints the medians and the ratios.',
+  flags: {
+    duration: { type: 'string', valueName: 'SECONDS', default: '5', description: 'length of each wrk run' },
+    rounds: { type: 'string', valueName: 'N', default: '3', description: 'alternating rounds' },
+    connections: { type: 'string', valueName: 'N', default: '16', description: 'wrk connections' },
+    'access-log': { type: 'boolean', description: "turn on the responder's access log" },
   },
 });
-if (values.help) {
-  process.stdout.write(
-    'usage: npm run bench:responder -- [--duration SECONDS (5)] [--rounds N (3)] [--connections N (16)] [--access-log]\n\n' +
-      'One responder process behind nginx against one php-fpm worker and against the same app on plain node:http behind the same nginx,\n' +
-      'wrk in alternating rounds; prints the medians and the ratios. --access-log turns on the responder\'s access log.\n',
-  );
-  process.exit(0);
-}
 const duration = Number(values.duration);
 const rounds = Number(values.rounds);
 const connections = Number(values.connections);

@@ -1,5 +1,5 @@
 // `npm run fuzz -- --seconds N`: fast-check fuzzing of the FastCGI codec, the responder over real sockets, and the CGI response path, for a time budget.
-import { parseArgs } from 'node:util';
+import { parseScriptArgs } from '../command.ts';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import type { PropertyResult } from './check.ts';
@@ -95,33 +95,27 @@ export function formatResult(r: PropertyResult): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      seconds: { type: 'string', default: '60' },
-      target: { type: 'string', multiple: true },
-      seed: { type: 'string' },
-      path: { type: 'string' },
-      property: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(
-      [
-        'usage: npm run fuzz -- [--seconds N] [--target codec|responder|cgi]... [--seed N [--path P]] [--property TEXT]',
-        '',
-        'Fuzzes, for about N seconds in all (default 60):',
+  const values = parseScriptArgs(
+    {
+      script: 'fuzz',
+      summary: 'Fuzzes, for about --seconds in all:',
+      details: [
         '  codec      the FastCGI record decoder and name-value pairs: arbitrary bytes, valid streams split anywhere, one byte changed',
         '  responder  the responder over a unix socket: the same inputs plus arbitrary records and multiplexing past the caps;',
         '             after each case nothing is held and a request on another connection still succeeds',
         '  cgi        the CGI header parser, and `serve` running a script that prints fuzzed output: the answer is the one predicted, or a 502',
         'A failure prints its shrunk counterexample and the command that replays it (--seed, --path, --property).',
-        '',
       ].join('\n'),
-    );
-    return 0;
-  }
+      flags: {
+        seconds: { type: 'string', valueName: 'N', default: '60', description: 'time for all targets together' },
+        target: { type: 'string', valueName: 'NAME', multiple: true, description: 'codec, responder or cgi (default: all)' },
+        seed: { type: 'string', valueName: 'N', description: 'replay: the seed a failure printed' },
+        path: { type: 'string', valueName: 'P', description: 'replay: the path a failure printed' },
+        property: { type: 'string', valueName: 'TEXT', description: 'replay: part of the property\'s name' },
+      },
+    },
+    argv,
+  ) as { seconds: string; target?: string[]; seed?: string; path?: string; property?: string };
   const seconds = Number(values.seconds);
   if (!(seconds > 0)) throw new TypeError('--seconds must be positive');
   const targets = (values.target ?? [...fuzzTargets]) as FuzzTarget[];

@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { parseScriptArgs } from '../command.ts';
 import { median } from '../bench/histogram.ts';
 import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
@@ -17,24 +18,19 @@ import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitF
 const execFileAsync = promisify(execFile);
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-const { values } = parseArgs({
-  options: {
-    requests: { type: 'string', default: '2000' },
-    duration: { type: 'string', default: '10' },
-    rounds: { type: 'string', default: '3' },
-    json: { type: 'string' },
-    'skip-throughput': { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
+const values = parseScriptArgs({
+  script: 'bench:cgi',
+  summary:
+    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the spawner helper and a\n" +
+    'node:http hello), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid.',
+  flags: {
+    requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
+    duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
+    rounds: { type: 'string', valueName: 'N', default: '3', description: 'interleaved rounds of the throughput test' },
+    json: { type: 'string', valueName: 'FILE', description: 'write the figures as JSON' },
+    'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
   },
 });
-if (values.help) {
-  process.stdout.write(
-    'usage: npm run bench:cgi -- [--requests N (2000)] [--duration SECONDS (10)] [--rounds N (3)] [--json FILE] [--skip-throughput]\n\n' +
-      'The runner\'s overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the spawner helper and a\n' +
-      'node:http hello), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid.\n',
-  );
-  process.exit(0);
-}
 const requests = Number(values.requests);
 const duration = Number(values.duration);
 const rounds = Number(values.rounds);
@@ -287,7 +283,7 @@ async function main(): Promise<void> {
       report.throughput = { duration, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results };
     }
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
-    if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
+    if (typeof values.json === 'string') fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
   } finally {
     for (const target of [...targets, ...background]) await target.stop().catch(() => {});
     await scripts.cleanup();

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseScriptArgs } from '../command.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readAllStats, readCmdline } from '../bench/proc-stats.ts';
 import { runMixedLoad, type MixedLoadResult } from './mixed-load.ts';
@@ -310,21 +310,19 @@ export function formatFault(r: FaultResult): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      seconds: { type: 'string', default: '30' },
-      connections: { type: 'string', default: '32' },
-      only: { type: 'string', multiple: true },
-      help: { type: 'boolean', short: 'h' },
+  const values = parseScriptArgs(
+    {
+      script: 'faults',
+      summary: 'Faults under load, each checked against what a user must see.',
+      details: `faults: ${Object.keys(faults).join(', ')}`,
+      flags: {
+        seconds: { type: 'string', valueName: 'N', default: '30', description: 'how long each load lasts' },
+        connections: { type: 'string', valueName: 'N', default: '32', description: 'load connections' },
+        only: { type: 'string', valueName: 'NAME', multiple: true, description: 'run only this fault' },
+      },
     },
-  });
-  if (values.help) {
-    process.stdout.write(
-      `usage: npm run faults -- [--seconds N] [--connections N] [--only NAME]...\n\nFaults under load (each load lasts N seconds, default 30): ${Object.keys(faults).join(', ')}.\n`,
-    );
-    return 0;
-  }
+    argv,
+  ) as { seconds: string; connections: string; only?: string[] };
   const durationMs = Number(values.seconds) * 1000;
   const connections = Number(values.connections);
   const names = (values.only ?? Object.keys(faults)) as Array<keyof typeof faults>;

@@ -1,7 +1,7 @@
 // `npm run soak -- --minutes 10`: mixed load for a long time against the FastCGI responder behind nginx and against `serve`, checking errors, memory, file descriptors and leftover processes.
 import fs from 'node:fs';
 import os from 'node:os';
-import { parseArgs } from 'node:util';
+import { parseScriptArgs } from '../command.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { processGroupMembers } from '../peers/index.ts';
 import { runMixedLoad, type MixedLoadResult, type RequestKind } from './mixed-load.ts';
@@ -165,32 +165,25 @@ export function formatReport(r: SoakReport): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      minutes: { type: 'string', default: '10' },
-      seconds: { type: 'string' },
-      mode: { type: 'string', default: 'both' },
-      'fcgi-connections': { type: 'string', default: '64' },
-      'cgi-connections': { type: 'string', default: '16' },
-      json: { type: 'string' },
-      log: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(
-      [
-        'usage: npm run soak -- [--minutes N | --seconds N] [--mode fcgi|cgi|both] [--fcgi-connections N] [--cgi-connections N] [--json FILE] [--log FILE]',
-        '',
-        'Mixed load (70% GET, 10% 1 MiB POST, 20% streamed answers), every answer checked, for the given time per mode:',
-        'the FastCGI responder (src/soak/app.ts) behind nginx, then `serve` running the same routes as Perl CGI scripts.',
+  const values = parseScriptArgs(
+    {
+      script: 'soak',
+      summary:
+        'Mixed load (70% GET, 10% 1 MiB POST, 20% streamed answers), every answer checked, for the given time per mode:\n' +
+        'the FastCGI responder (src/soak/app.ts) behind nginx, then `serve` running the same routes as Perl CGI scripts.\n' +
         'Passes with zero errors, RSS within 10% of its post-warm-up level, no zombie and no process left over.',
-        '',
-      ].join('\n'),
-    );
-    return 0;
-  }
+      flags: {
+        minutes: { type: 'string', valueName: 'N', default: '10', description: 'length of each mode' },
+        seconds: { type: 'string', valueName: 'N', description: 'instead of --minutes' },
+        mode: { type: 'string', valueName: 'MODE', default: 'both', description: 'fcgi, cgi or both' },
+        'fcgi-connections': { type: 'string', valueName: 'N', default: '64', description: 'connections through nginx to the responder' },
+        'cgi-connections': { type: 'string', valueName: 'N', default: '16', description: 'connections to `serve`' },
+        json: { type: 'string', valueName: 'FILE', description: 'write the reports as JSON' },
+        log: { type: 'string', valueName: 'FILE', description: 'write the servers\' output here' },
+      },
+    },
+    argv,
+  ) as Record<string, string | undefined>;
   const durationMs = values.seconds !== undefined ? Number(values.seconds) * 1000 : Number(values.minutes) * 60_000;
   if (!(durationMs > 0)) throw new TypeError('--minutes / --seconds must be positive');
   const modes: SoakMode[] = values.mode === 'both' ? ['fcgi', 'cgi'] : [values.mode as SoakMode];
