@@ -80,14 +80,10 @@ export function logAccess(entry: AccessEntry): void {
   if (!flushScheduled) {
     flushScheduled = true;
     setImmediate(flushAccess);
-    // A process.exit() in the same turn must not lose the batch (stdout to a pipe or file is synchronous).
-    if (!exitHookInstalled) {
-      exitHookInstalled = true;
-      process.once('exit', flushAccess);
-    }
   }
 }
-let exitHookInstalled = false;
+// A process.exit() in the same turn must not lose the batch (stdout to a pipe or file is synchronous).
+process.on('exit', flushAccess);
 
 export interface ErrorFields {
   requestId?: string | number;
