@@ -73,6 +73,7 @@ const scripts: [file: string, script: string, flag: string, defaultValue: string
   ['src/soak/soak.ts', 'soak', '--minutes N', '10'],
   ['src/soak/faults.ts', 'faults', '--seconds N', '30'],
   ['src/fuzz/run.ts', 'fuzz', '--seconds N', '60'],
+  ['src/deploy/measure-workers.ts', 'bench:workers', '--workers LIST', '1,2'],
 ];
 for (const [file, script, flag, defaultValue] of scripts) {
   test(`npm run ${script} -- --help`, async () => {

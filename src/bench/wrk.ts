@@ -1,6 +1,7 @@
 // Runs wrk against a URL and reads its summary: requests/s, p50 and p99 (with --latency), and errors of every kind it reports.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { findPeer } from '../peers/index.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -36,7 +37,7 @@ export function parseWrk(text: string): WrkSample {
 /** `wrk -tT -cC -dSs --latency URL`. */
 export async function runWrk(url: string, options: { threads: number; connections: number; seconds: number }): Promise<WrkSample> {
   const args = [`-t${options.threads}`, `-c${options.connections}`, `-d${options.seconds}s`, '--latency', url];
-  const { stdout } = await execFileAsync('wrk', args, { timeout: (options.seconds + 30) * 1000 }).catch((err: Error & { stderr?: string }) => {
+  const { stdout } = await execFileAsync(findPeer('wrk') ?? 'wrk', args, { timeout: (options.seconds + 30) * 1000 }).catch((err: Error & { stderr?: string }) => {
     throw new Error(`wrk failed: ${err.stderr || err.message}`);
   });
   return parseWrk(stdout);
