@@ -3,6 +3,7 @@
 // Each target is measured with wrk at 16 connections through the same nginx, in alternating rounds
 // (A B C A B C …); the median round is reported, and the ratios against the baselines are the
 // headline, since absolute numbers depend on the machine.
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseScriptArgs } from '../command.ts';
@@ -35,8 +36,10 @@ async function main(): Promise<void> {
   const node = process.execPath;
   const responderArgs = ['--import', 'tsx', 'src/cli.ts', 'fcgi', '--listen', `127.0.0.1:${fcgiPort}`, '--app', 'fcgi/hello.ts'];
   if (!values['access-log']) responderArgs.push('--no-access-log');
-  procs.push(await startProcess({ name: 'responder', command: node, args: responderArgs, cwd: repoRoot, maxOutputBytes: 4096 }));
-  procs.push(await startProcess({ name: 'node-http', command: node, args: ['--import', 'tsx', 'src/bench/http-app.ts', '--app', 'fcgi/hello.ts', '--port', String(nodePort)], cwd: repoRoot }));
+  // Their stdout (the responder's access log with --access-log) goes to /dev/null, not through a pipe
+  // into this process, which shares the cores with wrk and nginx.
+  procs.push(await startProcess({ name: 'responder', command: node, args: responderArgs, cwd: repoRoot, stdout: 'ignore', maxOutputBytes: 4096 }));
+  procs.push(await startProcess({ name: 'node-http', command: node, args: ['--import', 'tsx', 'src/bench/http-app.ts', '--app', 'fcgi/hello.ts', '--port', String(nodePort)], cwd: repoRoot, stdout: 'ignore' }));
   await waitForPort(fcgiPort, '127.0.0.1', 20_000);
   await waitForPort(nodePort, '127.0.0.1', 20_000);
   const assets = path.join(repoRoot, 'src/bench/assets');
@@ -82,7 +85,7 @@ async function main(): Promise<void> {
     return { target: t, rps: median(xs.map((x) => x.rps)), p50Ms: median(xs.map((x) => x.p50Ms)), p99Ms: median(xs.map((x) => x.p99Ms)), errors: xs.reduce((n, x) => n + x.errors, 0) };
   });
   const get = (t: string) => summary.find((s) => s.target === t)!;
-  console.log(`\n${connections} connections through nginx, wrk -t1, ${rounds} alternating rounds of ${duration} s, medians (load average at the end: ${(await import('node:os')).loadavg()[0].toFixed(2)})`);
+  console.log(`\n${connections} connections through nginx, wrk -t1, ${rounds} alternating rounds of ${duration} s, medians (load average at the end: ${os.loadavg()[0]!.toFixed(2)})`);
   console.log('target'.padEnd(20) + 'req/s'.padStart(9) + 'p50 ms'.padStart(9) + 'p99 ms'.padStart(9) + 'errors'.padStart(8));
   for (const s of summary) console.log(s.target.padEnd(20) + s.rps.toFixed(0).padStart(9) + s.p50Ms.toFixed(2).padStart(9) + s.p99Ms.toFixed(2).padStart(9) + String(s.errors).padStart(8));
   console.log(`\nresponder / one php-fpm worker: ${(get('responder').rps / get('php-fpm').rps).toFixed(2)}x`);
