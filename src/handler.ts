@@ -216,7 +216,6 @@ for (const key of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json', 
 }
 
 export function createLazyRequest(init: LazyRequestInit): Request {
-  if (!lazyRequestsAccepted) acceptLazyRequests();
   const request = Object.create(lazyRequestPrototype) as LazyRequestFields;
   request[kInit] = init;
   return request as unknown as Request;
@@ -231,17 +230,16 @@ function isLazy(value: unknown): value is Request {
   return typeof value === 'object' && value !== null && kInit in value;
 }
 
-let lazyRequestsAccepted = false;
-
 /**
  * `new Request(request, init)` and `fetch(request)` are how app code copies or forwards the
  * Request it was given (Workers, Hono). undici's own code reads internal state a lazy Request does
  * not have, so both are given the real Request behind it: the global Request becomes a subclass
  * that unwraps one (and still counts a lazy one as a Request), and fetch unwraps one too. Done once,
- * when the first lazy Request is made, as @hono/node-server replaces the globals it needs.
+ * when this module loads (before any app: loadApp is in this module), as @hono/node-server
+ * replaces the globals it needs: an app that keeps `fetch` or extends `Request` at its own load
+ * gets these.
  */
 function acceptLazyRequests(): void {
-  lazyRequestsAccepted = true;
   const GlobalRequest = globalThis.Request;
   const globalFetch = globalThis.fetch;
   class RequestFromLazy extends GlobalRequest {
@@ -256,3 +254,5 @@ function acceptLazyRequests(): void {
   Object.defineProperty(globalThis, 'Request', { value: RequestFromLazy, writable: true, configurable: true });
   globalThis.fetch = (input: string | URL | Request, init?: RequestInit) => globalFetch(isLazy(input) ? materializeRequest(input) : input, init);
 }
+
+acceptLazyRequests();

@@ -34,6 +34,10 @@ installLightweightResponse();
 
 const get = (uri = '/', extra: Record<string, string> = {}) => ({ REQUEST_METHOD: 'GET', REQUEST_URI: uri, HTTP_HOST: 'example.test', SERVER_PROTOCOL: 'HTTP/1.1', ...extra });
 
+// What an app (or a library it uses) may take from the globals while it loads, before any request.
+const fetchAtLoad = fetch;
+class AppRequest extends Request {}
+
 // Events the test app reports, so tests can see what the app saw.
 const seen: { aborted: string[]; roles: string[] } = { aborted: [], roles: [] };
 let releaseSlow: () => void = () => {};
@@ -91,6 +95,8 @@ const app: App = {
       }
       case '/forward':
         return fetch(request);
+      case '/forward-captured':
+        return fetchAtLoad(new AppRequest(request));
       case '/real':
         // What `return fetch(upstream)` hands back: an undici Response, not the lightweight one.
         return new GlobalResponse('from upstream\n', { status: 201, headers: { 'x-upstream': 'yes' } });
@@ -188,6 +194,9 @@ describe('requests and responses', () => {
       const forwarded = parseCgiResponse((await c.response(2)).stdout);
       assert.equal(forwarded.status, 200);
       assert.equal(forwarded.body.toString(), 'POST /forward?to=upstream app the request!');
+      // The same with a fetch and a Request subclass the app took before its first request.
+      c.request(3, get('/forward-captured', { REQUEST_METHOD: 'POST', HTTP_HOST: host, HTTP_X_FROM: 'early', CONTENT_LENGTH: '5' }), 'taken');
+      assert.equal(parseCgiResponse((await c.response(3)).stdout).body.toString(), 'POST /forward-captured early taken');
       c.close();
     } finally {
       upstream.close();
