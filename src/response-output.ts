@@ -28,8 +28,7 @@ function safeValue(value: string): string {
  * The CGI header block for a Response (RFC 3875 §6.3): `Status: 418 I'm a teapot`, each header on
  * its own line (every Set-Cookie separate), then a blank line.
  */
-export function cgiHeaderBlock(response: Response): string {
-  const light = lightweightParts(response);
+export function cgiHeaderBlock(response: Response, light = lightweightParts(response)): string {
   if (light) {
     const head = lightweightHeaderBlock(light);
     if (head !== undefined) return head;
@@ -64,8 +63,7 @@ function findStateSymbol(): symbol | null {
  * The body of a Response as bytes when it was built from a string or bytes and nobody read it,
  * otherwise undefined (use the stream). `null` means no body at all.
  */
-export function plainBody(response: Response): Uint8Array | string | null | undefined {
-  const light = lightweightParts(response);
+export function plainBody(response: Response, light = lightweightParts(response)): Uint8Array | string | null | undefined {
   if (light) return light.body;
   if (response.body === null) return null;
   if (stateSymbol === undefined) stateSymbol = findStateSymbol();

@@ -400,7 +400,7 @@ export class ResponderConnection {
       this.appFailed(request, err);
       return;
     }
-    if (result instanceof Response) this.respond(request, result);
+    if (result instanceof Response) this.respond(request, result, true);
     else if (result && typeof (result as Promise<Response>).then === 'function') {
       (result as Promise<Response>).then(
         (response) => this.respond(request, response),
@@ -416,7 +416,8 @@ export class ResponderConnection {
     this.write(encodeStream(FCGI_STDERR, request.id, Buffer.from(message.endsWith('\n') ? message : message + '\n', 'utf8')));
   }
 
-  private respond(request: ActiveRequest, response: Response): void {
+  /** `checked`: the caller already knows `response` is a Response (the synchronous path). */
+  private respond(request: ActiveRequest, response: Response, checked = false): void {
     if (request.done) {
       response.body?.cancel().catch(() => {});
       return;
@@ -426,13 +427,15 @@ export class ResponderConnection {
       request.stderrOpen = false;
       this.write(encodeRecord(FCGI_STDERR, request.id));
     }
-    if (!(response instanceof Response)) {
+    if (!checked && !(response instanceof Response)) {
       this.appFailed(request, new TypeError('app: fetch resolved to something other than a Response'));
       return;
     }
+    // The lightweight parts once, for the head, the body and HEAD's cancel below.
+    const light = lightweightParts(response);
     let head: string;
     try {
-      head = cgiHeaderBlock(response);
+      head = cgiHeaderBlock(response, light);
       // An Authorizer's `Variable-NAME` becomes the variable NAME on the web server (Apache sets it as is,
       // and params are case-sensitive), but Fetch Headers lowercase every name: send NAME upper-cased, as
       // CGI variables are, whatever case the app wrote, so REMOTE_USER arrives and not remote_user.
@@ -443,10 +446,10 @@ export class ResponderConnection {
     }
     request.status = response.status;
     const isHead = request.params!.REQUEST_METHOD === 'HEAD';
-    const body = isHead ? null : plainBody(response);
+    const body = isHead ? null : plainBody(response, light);
     if (body !== undefined) {
       // A lightweight Response has no stream to cancel; asking for one would build it.
-      if (isHead && !lightweightParts(response)) response.body?.cancel().catch(() => {});
+      if (isHead && !light) response.body?.cancel().catch(() => {});
       request.bytes = body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
       request.headSent = true;
       this.write(encodeCompleteResponse(request.id, head, body));
