@@ -1,6 +1,7 @@
 // The node:cluster primary: starts N workers, restarts crashed ones with backoff, replaces them one by one on SIGHUP, stops them on SIGTERM.
 import cluster, { type Worker } from 'node:cluster';
 import os from 'node:os';
+import { intFlag } from './command.ts';
 import { logError, logInfo } from './log.ts';
 
 export interface PrimaryOptions {
@@ -11,10 +12,7 @@ export interface PrimaryOptions {
 
 /** `--workers N`, or `auto` for one per core (as nginx's `worker_processes auto`). */
 export function workerCount(value: string): number {
-  if (value === 'auto') return os.availableParallelism();
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new TypeError(`--workers must be an integer >= 1 or auto, got ${JSON.stringify(value)}`);
-  return n;
+  return value === 'auto' ? os.availableParallelism() : intFlag({ workers: value }, 'workers', 1);
 }
 
 /**
