@@ -49,14 +49,8 @@ async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemo
  * What a script or app is given for this request: its body and its environment. Undefined when the
  * request has been answered already (see readRequestBody).
  */
-export async function requestInput(
-  request: RouteRequest,
-  target: ScriptTarget,
-  settings: EnvSettings,
-  maxBody: number,
-  spoolMemory: number,
-): Promise<{ body: Readable | null; env: Record<string, string> } | undefined> {
-  const incoming = await readRequestBody(request, maxBody, spoolMemory);
+export async function requestInput(request: RouteRequest, target: ScriptTarget, settings: InputSettings): Promise<{ body: Readable | null; env: Record<string, string> } | undefined> {
+  const incoming = await readRequestBody(request, settings.maxBody, settings.spoolMemoryBytes ?? 1024 * 1024);
   if (!incoming) return undefined;
   return { body: incoming.body, env: requestEnv(request, incoming, target, settings) };
 }
@@ -75,6 +69,13 @@ export interface EnvSettings {
   passAuth?: boolean;
   /** PATH given to scripts. */
   path?: string;
+}
+
+export interface InputSettings extends EnvSettings {
+  /** Larger bodies get 413. */
+  maxBody: number;
+  /** A chunked body beyond this many bytes waits in a temporary file. Default 1 MiB. */
+  spoolMemoryBytes?: number;
 }
 
 /**

@@ -5,24 +5,17 @@ import type { CgiHost } from '../cgi/host.ts';
 import type { CgiHead } from '../cgi/response.ts';
 import { resolveScript, type ScriptDirectory } from '../cgi/resolve.ts';
 import { logError } from '../log.ts';
-import { requestInput } from './cgi-request.ts';
+import { requestInput, type InputSettings } from './cgi-request.ts';
 import { sendResponse } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
-export interface CgiRouteOptions {
+/** What the CGI route needs besides the body and environment settings it shares with the FastCGI route. */
+export interface CgiRouteOptions extends InputSettings {
   host: CgiHost;
   /** The script directory and the URL prefix it is served at. */
   scripts: ScriptDirectory;
   documentRoot: string;
-  serverSoftware: string;
-  /** Larger request bodies get 413. */
-  maxBody: number;
-  /** A chunked body larger than this is spooled to a temporary file. Default 1 MiB. */
-  spoolMemoryBytes?: number;
-  passAuth?: boolean;
   isindexArgs?: boolean;
-  /** PATH given to scripts. */
-  path?: string;
   /** Local redirects followed per request before giving up with 500. Default 10. */
   maxRedirects?: number;
 }
@@ -30,7 +23,6 @@ export interface CgiRouteOptions {
 export function cgiRoute(options: CgiRouteOptions): Route {
   const { host, scripts } = options;
   const maxRedirects = options.maxRedirects ?? 10;
-  const spoolMemory = options.spoolMemoryBytes ?? 1024 * 1024;
 
   return {
     prefix: scripts.prefix,
@@ -50,8 +42,6 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         request,
         { scriptName: location.scriptName, pathInfo: location.pathInfo, scriptFilename: location.file, documentRoot: options.documentRoot, queryString: query },
         options,
-        options.maxBody,
-        spoolMemory,
       );
       if (!input) return;
       const { body, env } = input;

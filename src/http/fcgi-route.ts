@@ -37,13 +37,8 @@ interface Target {
 async function proxy(request: RouteRequest, common: ProxyCommon, target: Target, query: string): Promise<void> {
   // php and CGI-style apps need CONTENT_LENGTH, so a chunked body is read first (as nginx does with
   // fastcgi_request_buffering on).
-  const input = await requestInput(
-    request,
-    { scriptName: target.scriptName, pathInfo: target.pathInfo, scriptFilename: target.scriptFilename, documentRoot: target.documentRoot, queryString: query },
-    common,
-    common.maxBody,
-    1024 * 1024,
-  );
+  const { scriptName, pathInfo, scriptFilename, documentRoot } = target;
+  const input = await requestInput(request, { scriptName, pathInfo, scriptFilename, documentRoot, queryString: query }, common);
   if (!input) return;
   const { body, env: params } = input;
   let response: FastCGIResponse;
