@@ -30,8 +30,8 @@ import {
 } from './protocol.ts';
 import { decodeEndRequest, encodeBeginRequest, encodeRecord, encodeStream } from './record.ts';
 
-
-export type UpstreamAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+/** Where an upstream listens: an address we can connect to (a listening one, but not a descriptor). */
+export type UpstreamAddress = Exclude<ListenTarget, { kind: 'fd' }>;
 
 /** Parses `host:port`, `[::1]:port`, `port`, `unix:/path`, `/path` or `./path`: a listening address other than `fd:N`. */
 export function parseUpstreamAddress(address: string): UpstreamAddress {
@@ -46,8 +46,6 @@ export function parseUpstreamAddress(address: string): UpstreamAddress {
   }
   return target;
 }
-
-export const describeUpstream: (address: UpstreamAddress) => string = describeTarget;
 
 /** Why a request got no (complete) response: the HTTP status to answer with, and a message naming the upstream. */
 export class FastCGIUpstreamError extends Error {
@@ -211,7 +209,7 @@ export class FastCGIClient {
 
   constructor(options: FastCGIClientOptions) {
     this.address = typeof options.address === 'string' ? parseUpstreamAddress(options.address) : options.address;
-    this.name = options.name ?? describeUpstream(this.address);
+    this.name = options.name ?? describeTarget(this.address);
     const settings = { ...defaults };
     for (const key of Object.keys(defaults) as Array<keyof Settings>) {
       const value = options[key];
