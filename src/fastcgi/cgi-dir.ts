@@ -13,8 +13,6 @@ export interface CgiDirOptions extends Pick<CgiHostOptions, 'maxScripts' | 'time
   passAuth?: boolean;
   /** PATH given to scripts. */
   path?: string;
-  /** Run symlinks whose target is outside the directory. */
-  followSymlinks?: boolean;
 }
 
 export interface CgiDirApp extends App {
@@ -77,7 +75,7 @@ function plainResponse(status: number, detail?: string): Response {
 }
 
 export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp> {
-  const directory = scriptDirectory(options.dir, '', options.followSymlinks);
+  const directory = scriptDirectory(options.dir, '');
   const host = await CgiHost.start({ maxScripts: options.maxScripts, timeoutMs: options.timeoutMs, killGraceMs: options.killGraceMs, spawner: options.spawner });
 
   /** Our error lines name the request (its FastCGI id and URI) and the script, as the responder's own do. */

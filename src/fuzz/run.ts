@@ -98,8 +98,9 @@ async function main(argv: string[]): Promise<number> {
   const values = parseScriptArgs(
     {
       script: 'fuzz',
-      summary: 'Fuzzes, for about --seconds in all:',
+      summary: 'Fuzzes the targets below, for about --seconds in all.',
       details: [
+        'targets:',
         '  codec      the FastCGI record decoder and name-value pairs: arbitrary bytes, valid streams split anywhere, one byte changed',
         '  responder  the responder over a unix socket: the same inputs plus arbitrary records and multiplexing past the caps;',
         '             after each case nothing is held and a request on another connection still succeeds',

@@ -1,6 +1,6 @@
 // Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (interleaved, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
 //
-//   node --import tsx src/http/cgi-measure.ts [--requests 2000] [--duration 10] [--rounds 3] [--json FILE]
+//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--json FILE] [--skip-throughput] (see --help)
 //
 // Every server runs as its own process on a free port; rounds alternate between targets so that
 // a noisy machine affects them alike.
