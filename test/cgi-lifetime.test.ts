@@ -163,7 +163,7 @@ describe('script lifetime', () => {
   });
 
   test('a child that left the process group (setsid) is killed once its script has finished', async (t) => {
-    if (server.host.spawnerKind !== 'helper') return t.skip('only the spawner helper adopts orphans (python3 is needed)');
+    if (server.host.spawnerKind === 'node') return t.skip('child_process.spawn does not adopt orphans: build the addon (npm rebuild) or install python3');
     const r = await get(port, '/cgi-bin/daemon.sh?daemon');
     assert.equal(r.body.toString(), 'done\n');
     const pid = await readPid(server, 'daemon');

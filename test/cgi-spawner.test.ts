@@ -1,10 +1,11 @@
-// Both ways of starting scripts behave the same: the spawner helper (python3, posix_spawn) and the fallback (child_process.spawn from the runner).
+// Every way of starting scripts behaves the same: from the runner itself through the native addon (posix_spawn), the spawner helper (python3, posix_spawn), and the last fallback (child_process.spawn from the runner).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, test, type TestContext } from 'node:test';
 import { CgiHost } from '../src/cgi/host.ts';
+import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
 import { requirePeer } from '../src/peers/index.ts';
 import { assertGroupGone, captureLog, ENV_SCRIPT, envOf, get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
 import { eventually } from './fixtures/eventually.ts';
@@ -27,9 +28,29 @@ my $n = 0; while (read(STDIN, my $buf, 65536)) { $n += length $buf } print "\\nr
   'bad-interpreter.sh': '#!/nonexistent/interpreter\n',
 };
 
-test('the spawner helper is used when python3 is there', async (t) => {
-  if (!requirePeer(t, 'python3')) return;
+/** The addon, or a skip (outside CI) that says how to build it. */
+function nativeBuilt(t: TestContext): boolean {
+  const addon = loadSpawnAddon();
+  if (!(addon instanceof Error)) return true;
+  if (process.env.CI) assert.fail(`${addon.message}: CI must build it (npm ci runs node-gyp)`);
+  t.skip(`${addon.message} (needs a C compiler, make and the Node headers)`);
+  return false;
+}
+
+test('scripts are started by the runner itself when the addon is built', async (t) => {
+  if (!nativeBuilt(t)) return;
   const host = await CgiHost.start();
+  try {
+    assert.equal(host.spawnerKind, 'native');
+    assert.deepEqual(host.spawnerPids, [], 'no helper process');
+  } finally {
+    await host.close();
+  }
+});
+
+test('the spawner helper is used when asked for', async (t) => {
+  if (!requirePeer(t, 'python3')) return;
+  const host = await CgiHost.start({ spawner: 'helper' });
   try {
     assert.equal(host.spawnerKind, 'helper');
     assert.ok(host.spawnerPids.length >= 1);
@@ -67,12 +88,15 @@ test('a spawner helper killed from outside is replaced', async (t) => {
   }
 });
 
-for (const kind of ['helper', 'node'] as const) {
-  describe(`scripts started by ${kind === 'helper' ? 'the spawner helper' : "the runner's own spawn"}`, () => {
+const kindNames = { native: 'the runner itself (native addon)', helper: 'the spawner helper', node: "the runner's own child_process.spawn" };
+
+for (const kind of ['native', 'helper', 'node'] as const) {
+  describe(`scripts started by ${kindNames[kind]}`, () => {
     let server: CgiServer | undefined;
     let port: number;
     before(async () => {
       if (kind === 'helper' && !fs.existsSync('/usr/bin/python3') && !process.env.PATH?.split(':').some((d) => fs.existsSync(path.join(d, 'python3')))) return;
+      if (kind === 'native' && loadSpawnAddon() instanceof Error) return;
       server = await startCgiServer(scripts, { spawner: kind, timeout: 1, killGrace: 0.3 });
       port = server.port;
       fs.mkdirSync(path.join(path.dirname(server.dir), 'pids'));
@@ -80,7 +104,7 @@ for (const kind of ['helper', 'node'] as const) {
     after(() => server?.close());
 
     test('environment, argv and working directory', async (t) => {
-      if (!server) return t.skip('python3 is not installed');
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
       assert.equal(server.host.spawnerKind, kind);
       const env = envOf(await get(port, '/cgi-bin/env.pl/p?q'));
       assert.equal(env.PATH_INFO, '/p');
@@ -90,7 +114,7 @@ for (const kind of ['helper', 'node'] as const) {
     });
 
     test('a 2 MiB body, and a script that writes before it reads', async (t) => {
-      if (!server) return t.skip('python3 is not installed');
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
       const body = Buffer.alloc(2 << 20, 3);
       const post = (target: string) => rawRequest(port, Buffer.concat([Buffer.from(`POST ${target} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`), body]));
       assert.equal((await post('/cgi-bin/count.pl')).body.toString(), `bytes=${body.length}\n`);
@@ -99,7 +123,7 @@ for (const kind of ['helper', 'node'] as const) {
     });
 
     test('timeout and disconnect kill the process group', async (t) => {
-      if (!server) return t.skip('python3 is not installed');
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
       const pidOf = (name: string) =>
         waitFor(name, () => {
           const f = path.join(path.dirname(server!.dir), 'pids', name);
@@ -119,7 +143,7 @@ for (const kind of ['helper', 'node'] as const) {
     });
 
     test('stderr lines reach the log', async (t) => {
-      if (!server) return t.skip('python3 is not installed');
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
       const log = captureLog();
       try {
         assert.equal((await get(port, '/cgi-bin/stderr.sh')).body.toString(), 'ok\n');
@@ -130,7 +154,7 @@ for (const kind of ['helper', 'node'] as const) {
     });
 
     test('a script that cannot be executed is a 500 with the reason in the log', async (t) => {
-      if (!server) return t.skip('python3 is not installed');
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
       const log = captureLog();
       try {
         for (const name of ['no-shebang.sh', 'bad-interpreter.sh']) {

@@ -104,8 +104,8 @@ export class CgiHost {
     return new CgiHost(await startSpawner(options.spawner), options);
   }
 
-  /** 'helper' (the Python spawner helpers) or 'node' (child_process.spawn). */
-  get spawnerKind(): 'helper' | 'node' {
+  /** 'native' (posix_spawn from the runner, src/cgi/native), 'helper' (the Python spawner helpers) or 'node' (child_process.spawn). */
+  get spawnerKind(): 'native' | 'helper' | 'node' {
     return this.spawner.kind;
   }
 

@@ -1,4 +1,4 @@
-// Starts CGI script processes, each in its own process group: through the long-lived spawner helper (spawner.py) when Python is available, else with child_process.spawn.
+// Starts CGI script processes, each in its own process group: from the runner itself through the native addon when it is built, else through the long-lived spawner helper (spawner.py) when Python is available, else with child_process.spawn.
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -7,73 +7,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Readable, Writable } from 'node:stream';
 import { logError } from '../log.ts';
+import { loadSpawnAddon, NativeSpawner } from './native-spawner.ts';
 
-export interface SpawnRequest {
-  /** Absolute path of the executable. */
-  file: string;
-  /** argv, including argv[0]. */
-  argv: readonly string[];
-  cwd: string;
-  /** The complete environment: nothing else is inherited. */
-  env: Record<string, string>;
-  /** Whether the script gets a stdin to write the request body to (otherwise /dev/null). */
-  stdin: boolean;
-}
+import { exitFromWaitStatus, groupAlive, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
 
-export interface ScriptExit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  /** Other members of the script's process group were still running when it exited. */
-  groupLeft: boolean;
-  /** Why the script could not be started, when it could not. */
-  error?: string;
-}
-
-export interface ScriptProcess {
-  readonly stdout: Readable;
-  readonly stdin: Writable | null;
-  /** The pid, which is also the process group id, once known. */
-  readonly pid: number | undefined;
-  /** Settles when the script has exited and been reaped (or could not start). Never rejects. */
-  readonly exited: Promise<ScriptExit>;
-  /** Stderr bytes as they arrive, then null when stderr is closed. Set right after spawn(). */
-  onStderr: ((chunk: Buffer | null) => void) | null;
-  /** Signals the script's whole process group (also before its pid is known here). */
-  killGroup(signal: NodeJS.Signals): void;
-}
-
-export interface Spawner {
-  readonly kind: 'helper' | 'node';
-  /** The pids of the helpers (the parents of the scripts); empty without helpers. */
-  readonly pids: number[];
-  spawn(request: SpawnRequest): ScriptProcess;
-  /** Kills every script still running and stops the helpers. */
-  close(): Promise<void>;
-}
-
-export type SpawnerKind = 'auto' | 'helper' | 'node';
-
-const signalNames = new Map<number, NodeJS.Signals>(
-  Object.entries(os.constants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
-);
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // ESRCH: the group is already empty.
-  }
-}
-
-/** True while any process of the group exists (a zombie not yet reaped included). */
-export function groupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export type { ScriptExit, ScriptProcess, SpawnRequest, Spawner, SpawnerKind } from './script-process.ts';
+export { groupAlive } from './script-process.ts';
 
 // ---------------------------------------------------------------------------------------------
 // The helpers: Python processes that start scripts with posix_spawn and relay their stdio over the
@@ -336,13 +275,11 @@ class HelperSpawner {
           break;
         case 0x58 /* X */: {
           const [pid, status, left] = payload.toString('latin1').split(' ');
-          const st = Number(status);
-          const sig = st & 0x7f;
           proc.pid = Number(pid);
           // The script is gone: whatever it did not read of its stdin never will be.
           proc.onStdinClosed();
           proc.onStderr?.(null);
-          proc.finish({ code: sig ? null : (st >> 8) & 0xff, signal: sig ? (signalNames.get(sig) ?? null) : null, groupLeft: left === '1' });
+          proc.finish(exitFromWaitStatus(Number(status), left === '1'));
           if (proc.stdoutDone) this.forget(proc);
           break;
         }
@@ -543,13 +480,20 @@ class HelperPool implements Spawner {
 }
 
 /**
- * Starts a spawner. 'auto' uses the helpers when Python 3.8+ can run them and falls back to Node's own spawn;
- * CGI_RUNNER_SPAWNER=node|helper overrides 'auto' (for comparisons and tests).
+ * Starts a spawner. 'auto' starts scripts from the runner itself through the native addon when it is
+ * built, else through the Python helpers, else with Node's own spawn; CGI_RUNNER_SPAWNER=native|helper|node
+ * overrides 'auto' (for comparisons and tests).
  */
 export async function startSpawner(kind: SpawnerKind = 'auto', helpers?: number): Promise<Spawner> {
   const env = process.env.CGI_RUNNER_SPAWNER;
-  if (kind === 'auto' && (env === 'node' || env === 'helper')) kind = env;
+  if (kind === 'auto' && (env === 'native' || env === 'node' || env === 'helper')) kind = env;
   if (kind === 'node') return new NodeSpawner();
+  if (kind === 'native' || kind === 'auto') {
+    const addon = loadSpawnAddon();
+    if (!(addon instanceof Error)) return new NativeSpawner(addon);
+    if (kind === 'native') throw addon;
+    process.emitWarning(`${addon.message}; starting scripts through the Python helper instead`);
+  }
   try {
     const count = Math.max(1, Math.min(helpers ?? os.availableParallelism(), 16));
     const started = await Promise.allSettled(Array.from({ length: count }, () => HelperSpawner.start()));

@@ -13,6 +13,12 @@ import { createHttpFront, type HttpFront } from '../http/server.ts';
 import { setSpoolBase } from '../http/spool.ts';
 import { logError, logInfo } from '../log.ts';
 
+const spawnerDescription = {
+  native: 'the runner itself (posix_spawn)',
+  helper: 'the spawner helper (python3, posix_spawn)',
+  node: 'the runner itself (child_process, which forks)',
+} as const;
+
 export interface ServeOptions {
   port: number;
   host: string;
@@ -191,7 +197,7 @@ export const serveCommand: Command = {
     let banner = `cgi-runner: serving ${path.resolve(values['cgi-dir'] as string)} at ${running.url}\n`;
     if (running.fastcgi.fcgiDir) banner += `cgi-runner: serving the apps of ${running.fastcgi.fcgiDir} at ${running.url.replace(/\/cgi-bin\/$/, '/fcgi/')}NAME\n`;
     process.stdout.write(banner);
-    logInfo(`cgi: scripts are started by the ${running.host.spawnerKind === 'helper' ? 'spawner helper (python3, posix_spawn)' : 'runner itself (child_process)'}; at most ${running.host.maxScripts} at once`);
+    logInfo(`cgi: scripts are started by ${spawnerDescription[running.host.spawnerKind]}; at most ${running.host.maxScripts} at once`);
     await new Promise<void>((resolve) => {
       let signals = 0;
       const onSignal = (signal: NodeJS.Signals) => {

@@ -147,6 +147,9 @@ async function startServeProcess(name: string, cgiDir: string, env: Record<strin
     args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', String(port), '--cgi-dir', cgiDir],
     cwd: repo,
     env: { ...process.env, ...env },
+    // Its access lines go to /dev/null: read through a pipe, each one would wake this process, a
+    // fifth process competing for the cores at every request (lighttpd and Apache here log none).
+    stdout: 'ignore',
   });
   await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
   return { name, port, url: `http://127.0.0.1:${port}/cgi-bin/hello.sh`, stop: () => stop(proc), pids: () => [proc.pid] };
@@ -155,7 +158,7 @@ async function startServeProcess(name: string, cgiDir: string, env: Record<strin
 /** The plain node:http hello server of the benchmark: the latency of a Node HTTP front that runs nothing. */
 async function startHttpHello(): Promise<Target & { port: number }> {
   const port = await freePort();
-  const proc = await startProcess({ name: 'node:http hello', command: process.execPath, args: ['--import', 'tsx', 'src/bench/http-hello.ts', '--port', String(port)], cwd: repo });
+  const proc = await startProcess({ name: 'node:http hello', command: process.execPath, args: ['--import', 'tsx', 'src/bench/http-hello.ts', '--port', String(port)], cwd: repo, stdout: 'ignore' });
   await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
   return { name: 'node:http hello', port, url: `http://127.0.0.1:${port}/`, stop: () => stop(proc), pids: () => [proc.pid] };
 }
@@ -260,6 +263,7 @@ async function main(): Promise<void> {
 
     if (!values['skip-throughput']) {
       // 2. Throughput against the peers, same script, rounds interleaved.
+      targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=helper)', cgiDir, { CGI_RUNNER_SPAWNER: 'helper' }));
       targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=node)', cgiDir, { CGI_RUNNER_SPAWNER: 'node' }));
       if (findPeer('lighttpd')) targets.push(await startLighttpd(cgiDir));
       if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));

@@ -1,0 +1,213 @@
+// Starts CGI scripts from the runner's own process through the native addon (src/cgi/native/spawn.c): posix_spawn without a fork, the script's pipes read on the event loop, its exit reported through a pidfd.
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import path from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { OrphanReaper, type ReaperCalls } from './orphans.ts';
+import { endScripts, exitFromWaitStatus, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner } from './script-process.ts';
+
+/** An opaque handle on one script, for pause, resume and closeStdout. */
+type ScriptHandle = object;
+
+interface SpawnAddon extends ReaperCalls {
+  /** Throws when the kernel cannot watch exits (no pidfd_open). */
+  check(): void;
+  /** See spawn.c. */
+  spawn(file: string, argv: readonly string[], env: string[], cwd: string, withStdin: boolean, inThread: boolean, onEvent: (kind: number, a: unknown, b: unknown) => void): ScriptHandle;
+  pause(handle: ScriptHandle): void;
+  resume(handle: ScriptHandle): void;
+  closeStdout(handle: ScriptHandle): void;
+}
+
+/** The events of spawn.c's onEvent. */
+const enum Event {
+  Started,
+  Failed,
+  Stdout,
+  StdoutEnd,
+  Stderr,
+  StderrEnd,
+  Exit,
+}
+
+/** Where `npm install` builds the addon (binding.gyp). */
+const addonPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../build/Release/spawn.node');
+
+let loaded: SpawnAddon | Error | undefined;
+
+/** The addon, or why it cannot be used (not built: no compiler at install time; not Linux). */
+export function loadSpawnAddon(): SpawnAddon | Error {
+  if (loaded) return loaded;
+  if (process.platform !== 'linux') return (loaded = new Error('cgi: the in-process spawner needs Linux (pidfd)'));
+  try {
+    const addon = createRequire(import.meta.url)(addonPath) as SpawnAddon;
+    addon.check();
+    loaded = addon;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOSYS') return (loaded = new Error('cgi: the in-process spawner needs Linux 5.3 or later (pidfd_open)'));
+    loaded = new Error(`cgi: the in-process spawner is not built (${(err as Error).message.split('\n')[0]}); \`npm rebuild\` builds it`);
+  }
+  return loaded;
+}
+
+const pipeWindow = 64 * 1024;
+
+/**
+ * A script started through the addon. Its streams exist at once, for the host to wire up; stdout is
+ * fed by the addon's reads, and stdin joins the script's pipe when the spawn completes.
+ */
+class NativeProcess implements ScriptProcess {
+  onStderr: ((chunk: Buffer | null) => void) | null = null;
+  readonly exited: Promise<ScriptExit>;
+  readonly stdout: Readable;
+  readonly stdin: Writable | null;
+  pid: number | undefined;
+  handle: ScriptHandle | undefined;
+  private resolveExit!: (exit: ScriptExit) => void;
+  private paused = false;
+  private in: net.Socket | undefined;
+  /** A write, or the end, that came before the script's stdin pipe did. */
+  private pendingWrite: (() => void) | undefined;
+  private pendingEnd: (() => void) | undefined;
+  /** The last signal asked for before the pid was known. */
+  private pendingSignal: NodeJS.Signals | undefined;
+
+  constructor(private readonly addon: SpawnAddon, hasStdin: boolean) {
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+    this.stdout = new Readable({
+      highWaterMark: pipeWindow,
+      read: () => {
+        if (!this.paused || !this.handle) return;
+        this.paused = false;
+        this.addon.resume(this.handle);
+      },
+      destroy: (err, callback) => {
+        // Nobody will read the rest: the script gets EPIPE on its next write.
+        if (this.handle) this.addon.closeStdout(this.handle);
+        callback(err);
+      },
+    });
+    this.stdout.on('error', () => {});
+    this.stdin = hasStdin
+      ? new Writable({
+          highWaterMark: pipeWindow,
+          write: (chunk: Buffer, _encoding, callback) => {
+            const write = () => this.in!.write(chunk, (err) => callback(err ?? undefined));
+            if (this.in) write();
+            else this.pendingWrite = write;
+          },
+          final: (callback) => {
+            const end = () => this.in!.end(callback);
+            if (this.in) end();
+            else this.pendingEnd = end;
+          },
+          destroy: (err, callback) => {
+            this.in?.destroy();
+            callback(err);
+          },
+        })
+      : null;
+    // EPIPE when the script exits without reading it all: the host stops writing (see host.ts).
+    this.stdin?.on('error', () => {});
+  }
+
+  onEvent(kind: Event, a: unknown, b: unknown): void {
+    switch (kind) {
+      case Event.Stdout:
+        if (!this.stdout.push(a as Buffer)) {
+          this.paused = true;
+          this.addon.pause(this.handle!);
+        }
+        break;
+      case Event.StdoutEnd:
+        this.stdout.push(null);
+        break;
+      case Event.Stderr:
+        this.onStderr?.(a as Buffer);
+        break;
+      case Event.StderrEnd:
+        this.onStderr?.(null);
+        break;
+      case Event.Exit:
+        this.resolveExit(exitFromWaitStatus(a as number, b as boolean));
+        break;
+      case Event.Started:
+        this.started(a as number, b as number);
+        break;
+      case Event.Failed:
+        // Not started (ENOENT, EACCES, ENOEXEC): no output will come, and the reason is the exit.
+        this.stdout.push(null);
+        this.stdin?.destroy();
+        this.onStderr?.(null);
+        this.resolveExit({ code: null, signal: null, groupLeft: false, error: a as string });
+        break;
+    }
+  }
+
+  private started(pid: number, stdinFd: number): void {
+    this.pid = pid;
+    if (this.pendingSignal) signalGroup(pid, this.pendingSignal);
+    if (stdinFd < 0) return;
+    // A libuv pipe handle, as child_process's own stdin pipes are: writes with backpressure, EPIPE as an error.
+    const stdin = (this.in = new net.Socket({ fd: stdinFd, readable: false, writable: true }));
+    stdin.on('error', () => {});
+    // Closed by the script (it exited, or closed its stdin): what it did not read is dropped.
+    stdin.on('close', () => this.stdin!.destroy());
+    if (this.stdin!.destroyed) stdin.destroy();
+    this.pendingWrite?.();
+    this.pendingEnd?.();
+    this.pendingWrite = this.pendingEnd = undefined;
+  }
+
+  killGroup(signal: NodeJS.Signals): void {
+    if (this.pid !== undefined) signalGroup(this.pid, signal);
+    else this.pendingSignal = signal;
+  }
+}
+
+export class NativeSpawner implements Spawner {
+  readonly kind = 'native' as const;
+  /** No helper processes: the scripts are the runner's own children. */
+  readonly pids: number[] = [];
+  private readonly running = new Map<number, NativeProcess>();
+  /** Spawns not completed yet (on a worker thread). */
+  private readonly starting = new Set<NativeProcess>();
+  private readonly orphans: OrphanReaper | undefined;
+
+  constructor(
+    private readonly addon: SpawnAddon,
+    adoptOrphans = true,
+  ) {
+    this.orphans = adoptOrphans ? new OrphanReaper(addon, () => this.running.keys()) : undefined;
+  }
+
+  spawn(request: SpawnRequest): ScriptProcess {
+    const proc = new NativeProcess(this.addon, request.stdin);
+    const env: string[] = [];
+    for (const name in request.env) env.push(`${name}=${request.env[name]}`);
+    this.starting.add(proc);
+    // On a worker thread while other scripts run: posix_spawn holds its thread until the new process
+    // has called execve, which on busy cores waits for a turn to run. With the cores idle that wait is
+    // short and the hand-over to a thread would cost more, so the spawn happens here.
+    const inThread = this.running.size > 0 || this.starting.size > 0;
+    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => {
+      if (kind === Event.Started) {
+        this.starting.delete(proc);
+        this.running.set(a as number, proc);
+      } else if (kind === Event.Failed) {
+        this.starting.delete(proc);
+      } else if (kind === Event.Exit) {
+        this.running.delete(proc.pid!);
+        this.orphans?.scriptExited();
+      }
+      proc.onEvent(kind, a, b);
+    });
+    return proc;
+  }
+
+  async close(): Promise<void> {
+    await endScripts([...this.starting, ...this.running.values()]);
+    await this.orphans?.close();
+  }
+}

@@ -1,0 +1,555 @@
+// Starts CGI scripts from the runner's own process with posix_spawn, reads their stdout and stderr on the event loop, and reports their exits through a pidfd: no fork of the large Node process, and no helper process between the runner and its scripts.
+//
+// Why in-process: libuv's uv_spawn forks, which copies the page tables of the whole Node process
+// and blocks the event loop while it does. glibc's posix_spawn uses clone(CLONE_VM | CLONE_VFORK):
+// nothing is copied, and the calling thread waits only until the child has called execve. A helper
+// process avoids the fork too, but every request then crosses two more pipes, and each crossing
+// that wakes another process costs more than the spawn itself saves (src/http/cgi-measure.ts).
+//
+// Why the pipes are read here rather than through net.Socket: a net.Socket per pipe costs more CPU
+// than the rest of the request (measured: ~0.14 ms each). Here a pipe is one uv_pipe_t, and each
+// read reaches JS as one Buffer.
+//
+// Exits are watched with pidfd_open (Linux 5.3) and a uv_poll handle, so no SIGCHLD handler is
+// needed; libuv reaps only the pids it spawned itself and never takes our children.
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <node_api.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+#define STDOUT_PIPE_SIZE (256 * 1024) /* fewer, larger reads for scripts that write a lot */
+#define READ_SIZE (256 * 1024)
+
+/* What onEvent(kind, a, b) is told. Keep in step with native-spawner.ts. */
+enum event_kind { EV_STARTED, EV_FAILED, EV_STDOUT, EV_STDOUT_END, EV_STDERR, EV_STDERR_END, EV_EXIT };
+
+typedef struct script {
+  napi_env env;
+  napi_ref on_event;
+  napi_async_context context;
+  napi_async_work work;
+  /* The spawn's inputs, copied out of JS (a worker thread may use them). */
+  char *file;
+  char *cwd;
+  char **argv;
+  char **envp;
+  bool with_stdin;
+  /* Its result. */
+  int fds[6]; /* stdin r/w, stdout r/w, stderr r/w */
+  pid_t pid;
+  int error;
+  const char *failed_call;
+  /* While it runs. */
+  uv_pipe_t out;
+  uv_pipe_t err;
+  uv_poll_t exit_poll;
+  int pidfd;
+  bool out_open;
+  /* Events can come while the spawn is pending or a uv handle is open; the memory is freed once
+     none can and JS has let go of its handle. */
+  int sources;
+  bool js_held;
+} script;
+
+static _Thread_local char read_buffer[READ_SIZE];
+
+// The pids of the scripts started and not reaped yet. The orphan sweep must never take one of them
+// for an orphan, not even one whose spawn is still completing on a worker thread: spawns hold
+// spawn_lock shared from before posix_spawn until the pid is recorded, and the sweep's list of
+// children is taken with it held exclusively.
+static pthread_rwlock_t spawn_lock = PTHREAD_RWLOCK_INITIALIZER;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t *live_pids;
+static size_t live_count, live_capacity;
+
+static void add_live(pid_t pid) {
+  pthread_mutex_lock(&live_lock);
+  if (live_count == live_capacity) {
+    size_t capacity = live_capacity ? live_capacity * 2 : 64;
+    pid_t *grown = realloc(live_pids, capacity * sizeof *grown);
+    if (grown) {
+      live_pids = grown;
+      live_capacity = capacity;
+    }
+  }
+  if (live_count < live_capacity) live_pids[live_count++] = pid;
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void remove_live(pid_t pid) {
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = 0; i < live_count; i++) {
+    if (live_pids[i] == pid) {
+      live_pids[i] = live_pids[--live_count];
+      break;
+    }
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static bool is_live(pid_t pid) {
+  bool found = false;
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = 0; i < live_count && !found; i++) found = live_pids[i] == pid;
+  pthread_mutex_unlock(&live_lock);
+  return found;
+}
+
+static void throw_errno(napi_env env, const char *what, int err) {
+  char message[512];
+  snprintf(message, sizeof message, "%s: %s", what, strerror(err));
+  napi_value code, text, error;
+  const char *name = strerrorname_np(err);
+  napi_create_string_utf8(env, name ? name : "EIO", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &error);
+  napi_throw(env, error);
+}
+
+/** A JS string as a malloc'd C string (NUL bytes are refused before they get here). */
+static char *string_arg(napi_env env, napi_value value) {
+  size_t length = 0;
+  if (napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok) return NULL;
+  char *text = malloc(length + 1);
+  if (!text) return NULL;
+  napi_get_value_string_utf8(env, value, text, length + 1, &length);
+  return text;
+}
+
+static void free_vector(char **vector) {
+  if (!vector) return;
+  for (char **p = vector; *p; p++) free(*p);
+  free(vector);
+}
+
+/** A JS array of strings as a NULL-terminated, malloc'd vector, or NULL. */
+static char **string_array(napi_env env, napi_value array) {
+  uint32_t count = 0;
+  if (napi_get_array_length(env, array, &count) != napi_ok) return NULL;
+  char **vector = calloc(count + 1, sizeof(char *));
+  if (!vector) return NULL;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value item;
+    napi_get_element(env, array, i, &item);
+    if (!(vector[i] = string_arg(env, item))) {
+      free_vector(vector);
+      return NULL;
+    }
+  }
+  return vector;
+}
+
+static void close_fds(script *s) {
+  for (int i = 0; i < 6; i++)
+    if (s->fds[i] >= 0) close(s->fds[i]);
+  for (int i = 0; i < 6; i++) s->fds[i] = -1;
+}
+
+static void free_script(script *s) {
+  close_fds(s);
+  free(s->file);
+  free(s->cwd);
+  free_vector(s->argv);
+  free_vector(s->envp);
+  free(s);
+}
+
+/** One source of events is done (the spawn, or a uv handle that closed), or JS let go (from_js). */
+static void release(script *s, bool from_js) {
+  if (from_js) s->js_held = false;
+  else if (--s->sources == 0) {
+    // No event can follow: drop the callback, which also lets the JS handle be collected (the
+    // callback's closure holds it).
+    napi_delete_reference(s->env, s->on_event);
+    napi_async_destroy(s->env, s->context);
+  }
+  if (s->sources == 0 && !s->js_held) free_script(s);
+}
+
+/** Calls onEvent(kind, a, b) from the event loop, running the microtasks it queues (as libuv's own callbacks do). */
+static void emit(script *s, enum event_kind kind, napi_value a, napi_value b) {
+  napi_env env = s->env;
+  napi_value callback, resource, argv[3], result;
+  napi_get_reference_value(env, s->on_event, &callback);
+  napi_get_global(env, &resource);
+  napi_create_int32(env, kind, &argv[0]);
+  if (a) argv[1] = a;
+  else napi_get_undefined(env, &argv[1]);
+  if (b) argv[2] = b;
+  else napi_get_undefined(env, &argv[2]);
+  if (napi_make_callback(env, s->context, resource, callback, 3, argv, &result) == napi_pending_exception) {
+    // An exception thrown by the handler is the runner's bug: surface it as Node would.
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    napi_fatal_exception(env, exception);
+  }
+}
+
+static void on_handle_closed(uv_handle_t *handle) {
+  release((script *)handle->data, false);
+}
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  (void)handle;
+  (void)suggested;
+  *buf = uv_buf_init(read_buffer, READ_SIZE);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  script *s = (script *)stream->data;
+  bool is_out = stream == (uv_stream_t *)&s->out;
+  if (nread == 0) return; /* EAGAIN */
+  napi_handle_scope scope;
+  napi_open_handle_scope(s->env, &scope);
+  if (nread > 0) {
+    napi_value chunk;
+    void *copy;
+    napi_create_buffer_copy(s->env, (size_t)nread, buf->base, &copy, &chunk);
+    emit(s, is_out ? EV_STDOUT : EV_STDERR, chunk, NULL);
+  } else {
+    // EOF, or a read error (treated as the end: what was read is all there is).
+    if (is_out) {
+      if (s->out_open) {
+        s->out_open = false;
+        uv_close((uv_handle_t *)stream, on_handle_closed);
+      }
+    } else {
+      uv_close((uv_handle_t *)stream, on_handle_closed);
+    }
+    emit(s, is_out ? EV_STDOUT_END : EV_STDERR_END, NULL, NULL);
+  }
+  napi_close_handle_scope(s->env, scope);
+}
+
+/** The pidfd is readable: the script has exited. Reap it and report (wait status, group still alive). */
+static void on_exit_ready(uv_poll_t *poll, int status, int events) {
+  (void)status;
+  (void)events;
+  script *s = (script *)poll->data;
+  int wait_status = 0;
+  pid_t reaped;
+  do reaped = waitpid(s->pid, &wait_status, WNOHANG);
+  while (reaped < 0 && errno == EINTR);
+  if (reaped == 0) return; /* not yet */
+  if (reaped < 0) wait_status = -1; /* reaped elsewhere: the status is lost */
+  remove_live(s->pid);
+  // Other members of its process group (background jobs) still running? EPERM means they exist.
+  bool group_left = kill(-s->pid, 0) == 0 || errno == EPERM;
+  uv_close((uv_handle_t *)poll, on_handle_closed);
+  close(s->pidfd);
+  s->pidfd = -1;
+  napi_handle_scope scope;
+  napi_open_handle_scope(s->env, &scope);
+  napi_value code, left;
+  napi_create_int32(s->env, wait_status, &code);
+  napi_get_boolean(s->env, group_left, &left);
+  emit(s, EV_EXIT, code, left);
+  napi_close_handle_scope(s->env, scope);
+}
+
+/**
+ * The spawn itself: no JS and no N-API here, since it may run on a worker thread. posix_spawn holds
+ * the calling thread until the script has called execve. Off the event loop's thread, that wait
+ * (longer when the cores are busy, as the new process must first be scheduled) delays no other request.
+ */
+static void run_spawn(script *s) {
+  int *fds = s->fds;
+  if ((s->with_stdin && pipe2(&fds[0], O_CLOEXEC) < 0) || pipe2(&fds[2], O_CLOEXEC) < 0 || pipe2(&fds[4], O_CLOEXEC) < 0) {
+    s->error = errno;
+    s->failed_call = "pipe";
+    return;
+  }
+  fcntl(fds[2], F_SETPIPE_SZ, STDOUT_PIPE_SIZE); /* best effort */
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&actions);
+  if (s->with_stdin) posix_spawn_file_actions_adddup2(&actions, fds[0], 0);
+  else posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, fds[3], 1);
+  posix_spawn_file_actions_adddup2(&actions, fds[5], 2);
+  // RFC 3875 §7.2: the script runs in its own directory. addchdir_np changes only the child's, not
+  // the runner's (whose threads share one working directory).
+  posix_spawn_file_actions_addchdir_np(&actions, s->cwd);
+  // Descriptors Node opened without O_CLOEXEC (or another addon did) must not reach the script.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  // Node ignores SIGPIPE, and an ignored disposition survives execve: reset every signal.
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  // A new session makes the script lead its own process group: one kill(-pid) reaches all it starts.
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  pthread_rwlock_rdlock(&spawn_lock);
+  int err = posix_spawn(&s->pid, s->file, &actions, &attr, s->argv, s->envp);
+  if (err == 0) add_live(s->pid);
+  pthread_rwlock_unlock(&spawn_lock);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (err != 0) {
+    s->error = err;
+    s->failed_call = NULL; /* execve itself: the script cannot be executed */
+    return;
+  }
+  // The runner keeps only its own ends.
+  close(fds[3]);
+  close(fds[5]);
+  if (s->with_stdin) close(fds[0]);
+  fds[3] = fds[5] = fds[0] = -1;
+}
+
+static void execute_spawn(napi_env env, void *data) {
+  (void)env;
+  run_spawn((script *)data);
+}
+
+/** Starts reading stdout and stderr and watching the exit; 0, or an errno (the script is then killed and reaped). */
+static int watch(script *s) {
+  uv_loop_t *loop = NULL;
+  napi_get_uv_event_loop(s->env, &loop);
+  s->pidfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
+  if (s->pidfd < 0) {
+    int err = errno;
+    kill(-s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    remove_live(s->pid);
+    return err;
+  }
+  uv_pipe_init(loop, &s->out, 0);
+  uv_pipe_init(loop, &s->err, 0);
+  uv_poll_init(loop, &s->exit_poll, s->pidfd);
+  s->out.data = s->err.data = s->exit_poll.data = s;
+  s->sources += 3;
+  uv_pipe_open(&s->out, s->fds[2]);
+  uv_pipe_open(&s->err, s->fds[4]);
+  s->fds[2] = s->fds[4] = -1; /* owned by the handles now */
+  s->out_open = true;
+  uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+  uv_read_start((uv_stream_t *)&s->err, on_alloc, on_read);
+  uv_poll_start(&s->exit_poll, UV_READABLE, on_exit_ready);
+  return 0;
+}
+
+/** Back on the event loop: EV_STARTED (pid, stdin fd or -1) or EV_FAILED (reason). */
+static void complete_spawn(napi_env env, napi_status status, void *data) {
+  script *s = (script *)data;
+  if (s->work) {
+    napi_delete_async_work(env, s->work);
+    s->work = NULL;
+  }
+  if (status != napi_ok && !s->error) {
+    s->error = ECANCELED;
+    s->failed_call = "spawn";
+  }
+  if (!s->error) {
+    int err = watch(s);
+    if (err) {
+      s->error = err;
+      s->failed_call = "pidfd_open";
+    }
+  }
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  if (s->error) {
+    char message[4300];
+    if (s->failed_call) snprintf(message, sizeof message, "cannot start %s: %s: %s", s->file, s->failed_call, strerror(s->error));
+    else snprintf(message, sizeof message, "cannot execute %s: %s", s->file, strerror(s->error));
+    napi_value reason;
+    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &reason);
+    close_fds(s);
+    emit(s, EV_FAILED, reason, NULL);
+  } else {
+    napi_value pid, stdin_fd;
+    napi_create_int32(env, s->pid, &pid);
+    napi_create_int32(env, s->with_stdin ? s->fds[1] : -1, &stdin_fd);
+    s->fds[1] = -1; /* owned by JS now */
+    emit(s, EV_STARTED, pid, stdin_fd);
+  }
+  napi_close_handle_scope(env, scope);
+  release(s, false); /* the spawn is done */
+}
+
+static void finalize_handle(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  release((script *)data, true);
+}
+
+static script *script_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg;
+  void *data = NULL;
+  napi_get_cb_info(env, info, &argc, &arg, NULL, NULL);
+  if (argc < 1 || napi_get_value_external(env, arg, &data) != napi_ok) return NULL;
+  return (script *)data;
+}
+
+/**
+ * spawn(file, argv, env, cwd, withStdin, inThread, onEvent) → handle
+ * The script leads a new session (its own process group), starts in cwd with every signal at its
+ * default and none blocked, and inherits no descriptor but 0, 1 and 2; without stdin it reads
+ * /dev/null. onEvent(kind, a, b) reports, in order: started (pid, stdin fd or -1) or failed
+ * (reason); then stdout and stderr chunks and their ends, and the exit (wait status, group still
+ * alive), the last three in any order. With inThread the spawn runs on a worker thread; otherwise
+ * "started" or "failed" comes before spawn returns.
+ */
+static napi_value spawn_script(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value args[7];
+  napi_get_cb_info(env, info, &argc, args, NULL, NULL);
+  if (argc < 7) {
+    napi_throw_type_error(env, NULL, "spawn(file, argv, env, cwd, withStdin, inThread, onEvent)");
+    return NULL;
+  }
+  script *s = calloc(1, sizeof *s);
+  if (!s) {
+    napi_throw_error(env, NULL, "cgi: out of memory");
+    return NULL;
+  }
+  for (int i = 0; i < 6; i++) s->fds[i] = -1;
+  s->pidfd = -1;
+  s->env = env;
+  s->sources = 1; /* the spawn */
+  bool in_thread = false;
+  napi_get_value_bool(env, args[4], &s->with_stdin);
+  napi_get_value_bool(env, args[5], &in_thread);
+  s->file = string_arg(env, args[0]);
+  s->argv = string_array(env, args[1]);
+  s->envp = string_array(env, args[2]);
+  s->cwd = string_arg(env, args[3]);
+  if (!s->file || !s->argv || !s->envp || !s->cwd) {
+    free_script(s);
+    napi_throw_error(env, NULL, "cgi: cannot read the spawn arguments");
+    return NULL;
+  }
+  napi_value handle, name;
+  napi_create_reference(env, args[6], 1, &s->on_event);
+  napi_create_string_utf8(env, "cgi-script", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &s->context);
+  s->js_held = true;
+  napi_create_external(env, s, finalize_handle, NULL, &handle);
+  if (in_thread && napi_create_async_work(env, NULL, name, execute_spawn, complete_spawn, s, &s->work) == napi_ok &&
+      napi_queue_async_work(env, s->work) == napi_ok) {
+    return handle;
+  }
+  run_spawn(s);
+  complete_spawn(env, napi_ok, s);
+  return handle;
+}
+
+/** pause(handle) / resume(handle): stop and restart reading stdout (backpressure). */
+static napi_value pause_stdout(napi_env env, napi_callback_info info) {
+  script *s = script_arg(env, info);
+  if (s && s->out_open) uv_read_stop((uv_stream_t *)&s->out);
+  return NULL;
+}
+
+static napi_value resume_stdout(napi_env env, napi_callback_info info) {
+  script *s = script_arg(env, info);
+  if (s && s->out_open) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+  return NULL;
+}
+
+/** closeStdout(handle): nobody will read the rest; the script gets EPIPE (SIGPIPE) on its next write. No end event follows. */
+static napi_value close_stdout(napi_env env, napi_callback_info info) {
+  script *s = script_arg(env, info);
+  if (s && s->out_open) {
+    s->out_open = false;
+    uv_close((uv_handle_t *)&s->out, on_handle_closed);
+  }
+  return NULL;
+}
+
+/** setSubreaper(): orphans of our scripts' descendants become our children (PR_SET_CHILD_SUBREAPER). */
+static napi_value set_subreaper(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) throw_errno(env, "cgi: prctl(PR_SET_CHILD_SUBREAPER)", errno);
+  return NULL;
+}
+
+/**
+ * otherChildren() → the pids of our children (zombies included) that are not scripts, from each
+ * thread's /proc children list (a child is listed under the thread that started it).
+ */
+static napi_value other_children(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_create_array(env, &result);
+  uint32_t count = 0;
+  pthread_rwlock_wrlock(&spawn_lock);
+  DIR *tasks = opendir("/proc/self/task");
+  struct dirent *task;
+  while (tasks && (task = readdir(tasks))) {
+    if (task->d_name[0] == '.') continue;
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", task->d_name);
+    FILE *list = fopen(path, "re");
+    if (!list) continue;
+    int pid;
+    while (fscanf(list, "%d", &pid) == 1) {
+      if (is_live(pid)) continue;
+      napi_value value;
+      napi_create_int32(env, pid, &value);
+      napi_set_element(env, result, count++, value);
+    }
+    fclose(list);
+  }
+  if (tasks) closedir(tasks);
+  pthread_rwlock_unlock(&spawn_lock);
+  return result;
+}
+
+/** reap(pid) → true when the child was reaped (or is not ours), false while it runs. For adopted orphans. */
+static napi_value reap(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg, result;
+  napi_get_cb_info(env, info, &argc, &arg, NULL, NULL);
+  int32_t pid = 0;
+  napi_get_value_int32(env, arg, &pid);
+  pid_t reaped;
+  do reaped = waitpid(pid, NULL, WNOHANG);
+  while (reaped < 0 && errno == EINTR);
+  napi_get_boolean(env, reaped != 0, &result);
+  return result;
+}
+
+/** check(): throws when this kernel cannot watch exits (pidfd_open needs Linux 5.3). */
+static napi_value check(napi_env env, napi_callback_info info) {
+  (void)info;
+  int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+  if (pidfd < 0) throw_errno(env, "cgi: pidfd_open", errno);
+  else close(pidfd);
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor methods[] = {
+      {"spawn", NULL, spawn_script, NULL, NULL, NULL, napi_default, NULL},
+      {"pause", NULL, pause_stdout, NULL, NULL, NULL, napi_default, NULL},
+      {"resume", NULL, resume_stdout, NULL, NULL, NULL, napi_default, NULL},
+      {"closeStdout", NULL, close_stdout, NULL, NULL, NULL, napi_default, NULL},
+      {"setSubreaper", NULL, set_subreaper, NULL, NULL, NULL, napi_default, NULL},
+      {"reap", NULL, reap, NULL, NULL, NULL, napi_default, NULL},
+      {"otherChildren", NULL, other_children, NULL, NULL, NULL, napi_default, NULL},
+      {"check", NULL, check, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof methods / sizeof methods[0], methods);
+  return exports;
+}

@@ -1,0 +1,161 @@
+// Ends the processes scripts leave behind outside their process group: the runner becomes a child subreaper (Linux), so such orphans become its children, and a sweep shortly after scripts exit sends them SIGTERM, then SIGKILL, and reaps them.
+//
+// A daemon's double fork and setsid() escape the kill of the script's process group. As subreaper
+// the runner adopts them when their parent exits. Which of its children are adopted? Not the
+// scripts (the spawner knows them), not the processes Node itself starts (child_process, tracked
+// below), and not those that were already there when adoption began. What remains was adopted.
+import { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+
+/** What the sweep needs from the native addon. */
+export interface ReaperCalls {
+  setSubreaper(): void;
+  /** Our children, zombies included, except the scripts (even those whose spawn is still completing). */
+  otherChildren(): number[];
+  /** waitpid(pid, WNOHANG): true once reaped (or not our child), false while it runs. */
+  reap(pid: number): boolean;
+}
+
+const sweepDelayMs = 200; // after a script exits, before looking for its orphans
+const orphanGraceMs = 2000; // between SIGTERM and SIGKILL for an orphan
+
+/** Pids of the children Node's child_process started and has not reaped yet. */
+const nodeChildren = new Set<number>();
+let tracking = false;
+
+/**
+ * Records every child that child_process starts from now on (cluster workers, FastCGI apps, peers).
+ * Patching the prototype is the one place every async spawn passes; spawnSync reaps its child
+ * before it returns, so a sweep never sees one.
+ */
+function trackNodeChildren(): void {
+  if (tracking) return;
+  tracking = true;
+  const proto = ChildProcess.prototype as unknown as { spawn: (this: ChildProcess, ...args: unknown[]) => unknown };
+  const spawn = proto.spawn;
+  proto.spawn = function (this: ChildProcess, ...args: unknown[]) {
+    const result = spawn.apply(this, args);
+    const pid = this.pid;
+    if (pid !== undefined) {
+      nodeChildren.add(pid);
+      this.once('exit', () => nodeChildren.delete(pid));
+    }
+    return result;
+  };
+}
+
+/** When the process started, in clock ticks since boot (field 22 of /proc/PID/stat), or undefined. */
+function startTime(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const value = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    return Number.isFinite(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class OrphanReaper {
+  /** Children that existed before adoption began: never ours to end. */
+  private readonly earlier: Set<number>;
+  private readonly termedAt = new Map<number, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private sweepAt = Infinity;
+
+  /**
+   * @param calls the addon's subreaper calls
+   * @param scripts the pids of the scripts running now
+   */
+  constructor(
+    private readonly calls: ReaperCalls,
+    private readonly scripts: () => Iterable<number>,
+  ) {
+    trackNodeChildren();
+    calls.setSubreaper();
+    this.earlier = new Set(calls.otherChildren());
+  }
+
+  /** A script exited: look for what it left behind a moment later. */
+  scriptExited(): void {
+    this.schedule(sweepDelayMs);
+  }
+
+  private schedule(delayMs: number): void {
+    const at = Date.now() + delayMs;
+    if (this.timer && this.sweepAt <= at) return;
+    clearTimeout(this.timer);
+    this.sweepAt = at;
+    this.timer = setTimeout(() => this.sweep(), delayMs);
+    // Orphans alone do not keep the runner alive; close() ends them.
+    this.timer.unref();
+  }
+
+  /** The adopted children: not scripts, not Node's, not there before. Zombies among them are reaped here. */
+  private adopted(): number[] {
+    const children = this.calls.otherChildren();
+    const present = new Set(children);
+    for (const pid of this.earlier) if (!present.has(pid)) this.earlier.delete(pid);
+    const adopted: number[] = [];
+    for (const pid of children) {
+      if (nodeChildren.has(pid) || this.earlier.has(pid)) continue;
+      if (this.calls.reap(pid)) {
+        this.termedAt.delete(pid); // it had exited: reaped, nothing left to end
+        continue;
+      }
+      adopted.push(pid);
+    }
+    for (const pid of this.termedAt.keys()) if (!present.has(pid)) this.termedAt.delete(pid);
+    return adopted;
+  }
+
+  private sweep(): void {
+    this.timer = undefined;
+    this.sweepAt = Infinity;
+    const adopted = this.adopted();
+    if (adopted.length === 0) return;
+    // A script still running may have started an orphan it will wait for: spare the orphans that
+    // started after the oldest running script (a tick's tie included), and look again later.
+    let oldestRunning = Infinity;
+    for (const pid of this.scripts()) oldestRunning = Math.min(oldestRunning, startTime(pid) ?? Infinity);
+    const now = Date.now();
+    for (const pid of adopted) {
+      const termed = this.termedAt.get(pid);
+      if (termed !== undefined) {
+        if (now - termed >= orphanGraceMs) signal(pid, 'SIGKILL');
+        continue;
+      }
+      const started = startTime(pid);
+      if (started === undefined || started >= oldestRunning) continue;
+      if (signal(pid, 'SIGTERM')) this.termedAt.set(pid, now);
+    }
+    // Orphans remain (waiting for their SIGKILL, their exit to be reaped, or spared for now).
+    this.schedule(sweepDelayMs);
+  }
+
+  /** The runner is stopping: TERM every adopted orphan, KILL those still there after the grace period, reap them all. */
+  async close(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    let adopted = this.adopted();
+    for (const pid of adopted) signal(pid, 'SIGTERM');
+    const deadline = Date.now() + orphanGraceMs;
+    while (adopted.length > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      adopted = this.adopted();
+    }
+    for (const pid of adopted) signal(pid, 'SIGKILL');
+    while (adopted.length > 0 && Date.now() < deadline + orphanGraceMs) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      adopted = this.adopted();
+    }
+  }
+}

@@ -1,0 +1,85 @@
+// What every way of starting CGI scripts shares: the spawn request, the running script as the host sees it, and process-group signalling.
+import os from 'node:os';
+import type { Readable, Writable } from 'node:stream';
+
+export interface SpawnRequest {
+  /** Absolute path of the executable. */
+  file: string;
+  /** argv, including argv[0]. */
+  argv: readonly string[];
+  cwd: string;
+  /** The complete environment: nothing else is inherited. */
+  env: Record<string, string>;
+  /** Whether the script gets a stdin to write the request body to (otherwise /dev/null). */
+  stdin: boolean;
+}
+
+export interface ScriptExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Other members of the script's process group were still running when it exited. */
+  groupLeft: boolean;
+  /** Why the script could not be started, when it could not. */
+  error?: string;
+}
+
+export interface ScriptProcess {
+  readonly stdout: Readable;
+  readonly stdin: Writable | null;
+  /** The pid, which is also the process group id, once known. */
+  readonly pid: number | undefined;
+  /** Settles when the script has exited and been reaped (or could not start). Never rejects. */
+  readonly exited: Promise<ScriptExit>;
+  /** Stderr bytes as they arrive, then null when stderr is closed. Set right after spawn(). */
+  onStderr: ((chunk: Buffer | null) => void) | null;
+  /** Signals the script's whole process group (also before its pid is known here). */
+  killGroup(signal: NodeJS.Signals): void;
+}
+
+export interface Spawner {
+  readonly kind: 'native' | 'helper' | 'node';
+  /** The pids of the helpers (the parents of the scripts); empty without helpers. */
+  readonly pids: number[];
+  spawn(request: SpawnRequest): ScriptProcess;
+  /** Kills every script still running and stops the helpers. */
+  close(): Promise<void>;
+}
+
+export type SpawnerKind = 'auto' | 'native' | 'helper' | 'node';
+
+export const signalNames = new Map<number, NodeJS.Signals>(
+  Object.entries(os.constants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
+);
+
+export function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // ESRCH: the group is already empty.
+  }
+}
+
+/** True while any process of the group exists (a zombie not yet reaped included). */
+export function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A script's exit from its wait(2) status (-1: unknown, it was reaped elsewhere). */
+export function exitFromWaitStatus(status: number, groupLeft: boolean): ScriptExit {
+  if (status < 0) return { code: null, signal: null, groupLeft };
+  const signal = status & 0x7f;
+  return { code: signal ? null : (status >> 8) & 0xff, signal: signal ? (signalNames.get(signal) ?? null) : null, groupLeft };
+}
+
+/** Stops scripts: SIGTERM to each process group, SIGKILL to those still running after `graceMs`. */
+export async function endScripts(procs: readonly ScriptProcess[], graceMs = 2000): Promise<void> {
+  for (const proc of procs) proc.killGroup('SIGTERM');
+  const timer = setTimeout(() => procs.forEach((p) => p.killGroup('SIGKILL')), graceMs);
+  await Promise.all(procs.map((p) => p.exited));
+  clearTimeout(timer);
+}

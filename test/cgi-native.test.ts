@@ -1,0 +1,102 @@
+// The in-process spawner (src/cgi/native): what a script inherits from the runner, what the runner keeps per request, and an orphan sweep that leaves the runner's other children alone.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
+import { get, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
+
+const sh = (body: string) => `#!/bin/sh\n${body}\n`;
+
+/** pid, ppid, process group and session of a process, from /proc/PID/stat. */
+function statOf(line: string): { pid: number; ppid: number; pgrp: number; session: number } {
+  const pid = Number(line.slice(0, line.indexOf(' ')));
+  const [, ppid, pgrp, session] = line.slice(line.lastIndexOf(')') + 2).split(' ').map(Number);
+  return { pid, ppid: ppid!, pgrp: pgrp!, session: session! };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+const unavailable = loadSpawnAddon();
+
+describe('the in-process spawner', { skip: unavailable instanceof Error && !process.env.CI ? `${(unavailable as Error).message}` : false }, () => {
+  let server: CgiServer;
+  let pidsDir: string;
+  before(async () => {
+    server = await startCgiServer(
+      {
+        'stat.sh': sh(`read -r line < /proc/$$/stat; printf 'Content-Type: text/plain\\n\\n%s\\n' "$line"`),
+        'signals.sh': sh(`printf 'Content-Type: text/plain\\n\\n'; grep -E '^Sig(Ign|Blk):' /proc/$$/status`),
+        'hello.sh': sh(`printf 'Content-Type: text/plain\\n\\nhello\\n'`),
+        'daemon.sh': sh(
+          `f="$DOCUMENT_ROOT/pids/$QUERY_STRING"; (setsid sh -c "echo \\$\\$ > '$f'; exec sleep 30" >/dev/null 2>&1 &); while [ ! -s "$f" ]; do sleep 0.01; done; printf 'Content-Type: text/plain\\n\\ndone\\n'`,
+        ),
+      },
+      { spawner: 'native' },
+    );
+    pidsDir = path.join(path.dirname(server.dir), 'pids');
+    fs.mkdirSync(pidsDir);
+  });
+  after(() => server?.close());
+
+  test('a script is a child of the runner and leads its own session', async () => {
+    assert.equal(server.host.spawnerKind, 'native');
+    const stat = statOf((await get(server.port, '/cgi-bin/stat.sh')).body.toString().trim());
+    assert.equal(stat.ppid, process.pid, 'started by the runner, with no process between');
+    assert.equal(stat.pgrp, stat.pid, 'leads its process group');
+    assert.equal(stat.session, stat.pid, 'leads its session');
+  });
+
+  test('a script gets every signal at its default and none blocked (Node ignores SIGPIPE)', async () => {
+    const text = (await get(server.port, '/cgi-bin/signals.sh')).body.toString();
+    const mask = (name: string) => BigInt('0x' + new RegExp(`^${name}:\\s+([0-9a-f]+)$`, 'm').exec(text)![1]);
+    assert.equal(mask('SigBlk'), 0n);
+    // Signals 32 and 33 are glibc's own (thread cancellation, set*id), which posix_spawn may not
+    // touch and no script can use (SIGRTMIN is 34); every other signal is at its default.
+    const glibcInternal = (1n << 31n) | (1n << 32n);
+    assert.equal(mask('SigIgn') & ~glibcInternal, 0n, `ignored: ${mask('SigIgn').toString(16)}`);
+  });
+
+  test('the runner keeps no descriptor per request', async () => {
+    const count = () => fs.readdirSync('/proc/self/fd').length;
+    await get(server.port, '/cgi-bin/hello.sh');
+    const before = count();
+    for (let i = 0; i < 50; i++) assert.equal((await get(server.port, '/cgi-bin/hello.sh')).body.toString(), 'hello\n');
+    // The get() client's own socket may still be closing: allow it a moment.
+    await waitFor('descriptors to be closed', () => (count() <= before ? true : undefined), 2000);
+  });
+
+  test("the orphan sweep ends a script's escaped daemon but none of the runner's own children", async () => {
+    // One child started before and one after the host: both are the runner's, neither an orphan.
+    const opts = { stdio: 'ignore' as const };
+    const laterChild = spawn('sleep', ['30'], opts);
+    try {
+      const r = await get(server.port, '/cgi-bin/daemon.sh?daemon');
+      assert.equal(r.body.toString(), 'done\n');
+      const daemon = Number(fs.readFileSync(path.join(pidsDir, 'daemon'), 'utf8'));
+      const stat = statOf(fs.readFileSync(`/proc/${daemon}/stat`, 'utf8'));
+      assert.equal(stat.ppid, process.pid, 'the runner adopted the daemon (subreaper)');
+      await waitFor('the daemon to be ended and reaped', () => (fs.existsSync(`/proc/${daemon}`) ? undefined : true), 4000);
+      // More sweeps have run since: the runner's own child is still there.
+      await sleep(500);
+      assert.ok(isAlive(laterChild.pid!), 'a child_process child survived the sweeps');
+      assert.ok(isAlive(earlierChild.pid!), 'a child started before the host survived the sweeps');
+    } finally {
+      laterChild.kill('SIGKILL');
+    }
+  });
+});
+
+// Started when this file loads, before the host and its subreaper: an earlier child of the runner.
+const earlierChild = spawn('sleep', ['60'], { stdio: 'ignore' });
+earlierChild.unref();
+process.once('exit', () => earlierChild.kill('SIGKILL'));
