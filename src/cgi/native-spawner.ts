@@ -171,6 +171,8 @@ export class NativeSpawner implements Spawner {
   /** No helper processes: the scripts are the runner's own children. */
   readonly pids: number[] = [];
   private readonly running = new Map<number, NativeProcess>();
+  /** Scripts started whose stdout has not ended. */
+  private busy = 0;
   /** Spawns not completed yet (on a worker thread). */
   private readonly starting = new Set<NativeProcess>();
   private readonly orphans: OrphanReaper | undefined;
@@ -187,11 +189,18 @@ export class NativeSpawner implements Spawner {
     const env: string[] = [];
     for (const name in request.env) env.push(`${name}=${request.env[name]}`);
     this.starting.add(proc);
-    // On a worker thread while other scripts run: posix_spawn holds its thread until the new process
-    // has called execve, which on busy cores waits for a turn to run. With the cores idle that wait is
-    // short and the hand-over to a thread would cost more, so the spawn happens here.
-    const inThread = this.running.size > 0 || this.starting.size > 0;
+    // On a worker thread while other scripts are busy: posix_spawn holds its thread until the new
+    // process has called execve, which on busy cores waits for a turn to run. With no other script
+    // at work that wait is short and the hand-over to a thread would cost more, so the spawn
+    // happens here. (A script whose stdout has ended is done with, even before its exit is seen.)
+    const inThread = this.busy > 0;
+    this.busy++;
+    let busy = true;
     proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => {
+      if (busy && (kind === Event.StdoutEnd || kind === Event.Exit || kind === Event.Failed)) {
+        busy = false;
+        this.busy--;
+      }
       if (kind === Event.Started) {
         this.starting.delete(proc);
         this.running.set(a as number, proc);

@@ -21,7 +21,7 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
-    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the spawner helper and a\n" +
+    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the Python helper and a\n" +
     'node:http hello), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid.',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
@@ -37,10 +37,11 @@ const rounds = Number(values.rounds);
 
 // The client of the overhead test: Python, so that neither side of the comparison pays for a Node
 // client. Each iteration, in rotating order, (1) spawns the script bare (posix_spawn, read stdout to
-// EOF, wait), (2) has it spawned by a spawner helper of its own (spawner.py, the process `serve`
-// starts scripts through) and reads its output to the end, (3) sends a request for it to `serve`
-// and (4) one to a plain node:http hello server, over kept-alive connections. (2) minus (1) is what
-// the helper costs, (4) is what any Node HTTP front costs; the rest of the overhead is the runner.
+// EOF, wait), (2) has it spawned by a spawner helper of its own (spawner.py, the fallback `serve`
+// starts scripts through when its native addon is not built) and reads its output to the end, (3)
+// sends a request for it to `serve` (which starts it from its own process) and (4) one to a plain
+// node:http hello server, over kept-alive connections. (4) is what any Node HTTP front costs; the
+// rest of the overhead is the runner. (2) minus (1) is what a helper process would add.
 const overheadClient = String.raw`
 import json, os, re, socket, struct, subprocess, sys, time
 port, script, n, helper_script, floor_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
@@ -243,23 +244,25 @@ async function main(): Promise<void> {
       serve: serveStats,
       httpFloor,
       overhead: minus(serveStats, bare),
-      // Where the median overhead goes: the spawner helper, any Node HTTP front, and the rest.
+      // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
+      // helper would add to a spawn, were `serve` using it.
       breakdown: {
         helper: helper.median - bare.median,
         httpFront: httpFloor.median,
-        runner: serveStats.median - helper.median - httpFloor.median,
+        runner: serveStats.median - bare.median - httpFloor.median,
       },
     };
     report.overhead = overhead;
     const row = (label: string, s: { median: number; p99: number }) => console.log(`  ${label.padEnd(36)} median ${s.median.toFixed(3)}  p99 ${s.p99.toFixed(3)}`);
     console.log(`overhead over ${requests} requests of each kind, interleaved (ms):`);
     row('bare spawn of hello.sh', bare);
-    row('spawned through the spawner helper', helper);
+    row('spawned through the Python helper', helper);
     row('node:http hello (no script)', httpFloor);
     row('serve -> hello.sh', serveStats);
     row('runner overhead (serve - bare)', overhead.overhead);
     const b = overhead.breakdown;
-    console.log(`  of the median overhead: helper ${b.helper.toFixed(3)}, Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
+    console.log(`  of the median overhead: Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
+    console.log(`  (the Python helper, the fallback without the native addon, adds ${b.helper.toFixed(3)} to a spawn)`);
 
     if (!values['skip-throughput']) {
       // 2. Throughput against the peers, same script, rounds interleaved.

@@ -30,7 +30,7 @@ export interface SoakStack {
   readonly runner: ManagedProcess;
   readonly nginx: NginxServer | undefined;
   readonly dir: string;
-  /** The processes whose memory and descriptors are watched: the runner and its workers, or `serve` and its spawner helper. */
+  /** The processes whose memory and descriptors are watched: the runner and its workers, or `serve` (and its spawner helpers, when it uses them). */
   watchedPids(): number[];
   stop(): Promise<void>;
 }
@@ -153,7 +153,7 @@ export async function startCgiStack(options: CgiStackOptions = {}): Promise<Soak
     runner: proc,
     nginx: undefined,
     dir: temp.path,
-    // The runner, its spawner helpers and the esbuild service tsx starts; the scripts below the helpers come and go.
+    // The runner, its spawner helpers (when it starts scripts through them) and the esbuild service tsx starts; scripts come and go.
     watchedPids: () => [proc.pid, ...childrenOf(proc.pid).filter((pid) => /spawner|esbuild/.test(readCmdline(pid)))],
     async stop() {
       await stopProcess(proc, 'SIGTERM', 10_000);
