@@ -19,6 +19,16 @@ export interface ReaperCalls {
 const sweepDelayMs = 200; // after a script exits, before looking for its orphans
 const orphanGraceMs = 2000; // between SIGTERM and SIGKILL for an orphan
 
+/**
+ * The running scripts of every spawner in this process: a script of one host may have started the
+ * orphan another host's sweep finds, and its age counts for both (see sweep()).
+ */
+const scriptSources = new Set<() => Iterable<number>>();
+
+function* allScripts(): Iterable<number> {
+  for (const source of scriptSources) yield* source();
+}
+
 /** Pids of the children Node's child_process started and has not reaped yet. */
 const nodeChildren = new Set<number>();
 let tracking = false;
@@ -73,12 +83,13 @@ export class OrphanReaper {
 
   /**
    * @param calls the addon's subreaper calls
-   * @param scripts the pids of the scripts running now
+   * @param scripts the pids of this spawner's scripts running now
    */
   constructor(
     private readonly calls: ReaperCalls,
     private readonly scripts: () => Iterable<number>,
   ) {
+    scriptSources.add(scripts);
     trackNodeChildren();
     calls.setSubreaper();
     this.earlier = new Set(calls.otherChildren());
@@ -117,45 +128,60 @@ export class OrphanReaper {
     return adopted;
   }
 
+  /**
+   * The adopted children no running script can have started: those older than the oldest running
+   * script (of any spawner here; a tick's tie spared). A script still running may have started an
+   * orphan it will wait for.
+   */
+  private unclaimed(adopted: number[]): number[] {
+    let oldestRunning = Infinity;
+    for (const pid of allScripts()) oldestRunning = Math.min(oldestRunning, startTime(pid) ?? Infinity);
+    return adopted.filter((pid) => {
+      const started = startTime(pid);
+      return started !== undefined && started < oldestRunning;
+    });
+  }
+
   private sweep(): void {
     this.timer = undefined;
     this.sweepAt = Infinity;
     const adopted = this.adopted();
     if (adopted.length === 0) return;
-    // A script still running may have started an orphan it will wait for: spare the orphans that
-    // started after the oldest running script (a tick's tie included), and look again later.
-    let oldestRunning = Infinity;
-    for (const pid of this.scripts()) oldestRunning = Math.min(oldestRunning, startTime(pid) ?? Infinity);
     const now = Date.now();
     for (const pid of adopted) {
       const termed = this.termedAt.get(pid);
-      if (termed !== undefined) {
-        if (now - termed >= orphanGraceMs) signal(pid, 'SIGKILL');
-        continue;
-      }
-      const started = startTime(pid);
-      if (started === undefined || started >= oldestRunning) continue;
+      if (termed !== undefined && now - termed >= orphanGraceMs) signal(pid, 'SIGKILL');
+    }
+    for (const pid of this.unclaimed(adopted.filter((pid) => !this.termedAt.has(pid)))) {
       if (signal(pid, 'SIGTERM')) this.termedAt.set(pid, now);
     }
-    // Orphans remain (waiting for their SIGKILL, their exit to be reaped, or spared for now).
+    // Orphans remain (waiting for their SIGKILL, their exit to be reaped, or spared for now): look again.
     this.schedule(sweepDelayMs);
   }
 
-  /** The runner is stopping: TERM every adopted orphan, KILL those still there after the grace period, reap them all. */
+  /**
+   * The spawner is stopping: TERM the adopted orphans no other running script can have started,
+   * KILL those still there after the grace period, and reap them.
+   */
   async close(): Promise<void> {
+    scriptSources.delete(this.scripts);
     clearTimeout(this.timer);
     this.timer = undefined;
-    let adopted = this.adopted();
-    for (const pid of adopted) signal(pid, 'SIGTERM');
+    const pending = (pids: number[]) => {
+      const adopted = new Set(this.adopted());
+      return pids.filter((pid) => adopted.has(pid));
+    };
+    let orphans = this.unclaimed(this.adopted());
+    for (const pid of orphans) signal(pid, 'SIGTERM');
     const deadline = Date.now() + orphanGraceMs;
-    while (adopted.length > 0 && Date.now() < deadline) {
+    while (orphans.length > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      adopted = this.adopted();
+      orphans = pending(orphans);
     }
-    for (const pid of adopted) signal(pid, 'SIGKILL');
-    while (adopted.length > 0 && Date.now() < deadline + orphanGraceMs) {
+    for (const pid of orphans) signal(pid, 'SIGKILL');
+    while (orphans.length > 0 && Date.now() < deadline + orphanGraceMs) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      adopted = this.adopted();
+      orphans = pending(orphans);
     }
   }
 }
