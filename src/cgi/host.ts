@@ -347,7 +347,7 @@ class Run {
     }
     if (!parsed) return;
     const stdout = this.proc.stdout;
-    const body = new Readable({
+    const body = new ScriptBody({
       read: () => {
         if (!this.stdoutEnded) stdout.resume();
       },
@@ -479,6 +479,26 @@ class Run {
   private flushStderr(): void {
     if (this.stderrTail) this.invocation.onStderrLine?.(this.stderrTail);
     this.stderrTail = '';
+  }
+}
+
+/**
+ * A script's body after its header block. When the script has finished writing before anyone read
+ * from it, takeWhole() hands over all of it at once, so the response can carry a Content-Length
+ * and go out in one write instead of as chunks.
+ */
+export class ScriptBody extends Readable {
+  private ended = false;
+
+  override push(chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk === null) this.ended = true;
+    return super.push(chunk, encoding);
+  }
+
+  /** The whole body, if it is complete and untouched (then it is consumed); otherwise undefined. */
+  takeWhole(): Buffer | undefined {
+    if (!this.ended || this.readableFlowing !== null || this.destroyed || this.readableEnded) return undefined;
+    return (this.read() as Buffer | null) ?? Buffer.alloc(0);
   }
 }
 

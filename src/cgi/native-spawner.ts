@@ -29,6 +29,8 @@ const enum Event {
   Stderr,
   StderrEnd,
   Exit,
+  /** The events of one turn of the event loop, as (kind, a, b) triples. */
+  Batch,
 }
 
 /** Where `npm install` builds the addon (binding.gyp). */
@@ -196,7 +198,12 @@ export class NativeSpawner implements Spawner {
     const inThread = this.busy > 0;
     this.busy++;
     let busy = true;
-    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => {
+    const onEvent = (kind: Event, a: unknown, b: unknown) => {
+      if (kind === Event.Batch) {
+        const events = a as unknown[];
+        for (let i = 0; i < events.length; i += 3) onEvent(events[i] as Event, events[i + 1], events[i + 2]);
+        return;
+      }
       if (busy && (kind === Event.StdoutEnd || kind === Event.Exit || kind === Event.Failed)) {
         busy = false;
         this.busy--;
@@ -211,7 +218,8 @@ export class NativeSpawner implements Spawner {
         this.orphans?.scriptExited();
       }
       proc.onEvent(kind, a, b);
-    });
+    };
+    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, onEvent);
     return proc;
   }
 

@@ -8,6 +8,11 @@ import type { RouteRequest } from './server.ts';
 // Hop-by-hop fields describe one connection; Node frames the response itself.
 const hopByHop = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-connection', 'te']);
 
+/** A body that can hand over all of itself at once when it is already complete (see ScriptBody in src/cgi/host.ts). */
+interface WholeBody {
+  takeWhole(): Buffer | undefined;
+}
+
 /** Who wrote the response, for the log: "cgi: the script" or "fastcgi: the app", and the script's name. */
 export interface ResponseSource {
   who: string;
@@ -18,8 +23,9 @@ export interface ResponseSource {
  * Sends `head` without its hop-by-hop fields. When Node refuses the head (an invalid field), the
  * body is dropped, the failure logged, the client gets 502, and the result is false.
  */
-function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource): boolean {
+function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource, contentLength?: number): boolean {
   const fields: string[] = [];
+  if (contentLength !== undefined) fields.push('Content-Length', String(contentLength));
   for (const [name, value] of head.headers) {
     const lower = name.toLowerCase();
     if (hopByHop.has(lower)) continue;
@@ -41,10 +47,18 @@ function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable,
 /** Status line and headers from the head, then the body as it arrives; a body that breaks off cuts the response. */
 export function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource): void {
   const { res } = request;
-  if (!writeResponseHead(request, head, body, source)) return;
   const limit = head.contentLength;
   // Node sends no body for HEAD (and 204/304); the log counts what was sent.
   const counted = request.req.method !== 'HEAD' && head.status !== 204 && head.status !== 304;
+  // The script already wrote all of it (a small answer, usually): one write, with its length.
+  const whole = limit === undefined && head.status >= 200 && head.status !== 204 && head.status !== 304 ? (body as Partial<WholeBody>).takeWhole?.() : undefined;
+  if (whole !== undefined) {
+    if (!writeResponseHead(request, head, body, source, whole.length)) return;
+    if (counted) request.bytes += whole.length;
+    res.end(whole);
+    return;
+  }
+  if (!writeResponseHead(request, head, body, source)) return;
   let sent = 0;
   const onData = (chunk: Buffer) => {
     if (limit !== undefined && sent + chunk.length > limit) {

@@ -36,8 +36,19 @@
 #define STDOUT_PIPE_SIZE (256 * 1024) /* fewer, larger reads for scripts that write a lot */
 #define READ_SIZE (256 * 1024)
 
-/* What onEvent(kind, a, b) is told. Keep in step with native-spawner.ts. */
-enum event_kind { EV_STARTED, EV_FAILED, EV_STDOUT, EV_STDOUT_END, EV_STDERR, EV_STDERR_END, EV_EXIT };
+/* What onEvent(kind, a, b) is told. Keep in step with native-spawner.ts. EV_BATCH carries, in a, the
+   events of one turn of the event loop as a flat array of (kind, a, b) triples. */
+enum event_kind { EV_STARTED, EV_FAILED, EV_STDOUT, EV_STDOUT_END, EV_STDERR, EV_STDERR_END, EV_EXIT, EV_BATCH };
+
+/** An event waiting for the end of the loop's poll phase. */
+typedef struct queued_event {
+  struct queued_event *next;
+  enum event_kind kind;
+  int value;       /* EV_EXIT: the wait status */
+  bool flag;       /* EV_EXIT: the group is still alive */
+  size_t length;   /* EV_STDOUT, EV_STDERR: the bytes that follow */
+  char data[];
+} queued_event;
 
 typedef struct script {
   napi_env env;
@@ -61,6 +72,14 @@ typedef struct script {
   uv_poll_t exit_poll;
   int pidfd;
   bool out_open;
+  /* Events read during this turn of the loop, delivered together once the poll phase is over. */
+  queued_event *queue_head;
+  queued_event *queue_tail;
+  struct script *next_pending;
+  bool pending;
+  size_t queued_bytes; /* stdout bytes queued: past READ_SIZE, reading waits for the delivery */
+  bool held;           /* reading stdout stopped until the queue is delivered */
+  bool js_paused;      /* reading stdout stopped by JS (backpressure) */
   /* Events can come while the spawn is pending or a uv handle is open; the memory is freed once
      none can and JS has let go of its handle. */
   int sources;
@@ -201,6 +220,97 @@ static void emit(script *s, enum event_kind kind, napi_value a, napi_value b) {
   }
 }
 
+// Batching. A script's output, the ends of its pipes and its exit often become ready together; each
+// call into JS (with its microtask checkpoint) costs more than the event itself. Events read during
+// the poll phase are queued and delivered in one call per script from a check handle, which libuv
+// runs right after the poll phase of the same turn: nothing waits longer than it did.
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static _Thread_local uv_check_t flush_check;
+static _Thread_local bool flush_check_ready;
+static _Thread_local script *pending_head;
+
+static void flush_pending(uv_check_t *check) {
+  script *list = pending_head;
+  pending_head = NULL;
+  uv_check_stop(check);
+  while (list) {
+    script *s = list;
+    list = s->next_pending;
+    s->next_pending = NULL;
+    s->pending = false;
+    queued_event *event = s->queue_head;
+    s->queue_head = s->queue_tail = NULL;
+    napi_env env = s->env;
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    napi_value batch;
+    napi_create_array(env, &batch);
+    uint32_t index = 0;
+    while (event) {
+      queued_event *next = event->next;
+      napi_value kind, a, b;
+      napi_create_int32(env, event->kind, &kind);
+      if (event->kind == EV_STDOUT || event->kind == EV_STDERR) {
+        void *copy;
+        napi_create_buffer_copy(env, event->length, event->data, &copy, &a);
+      } else if (event->kind == EV_EXIT) {
+        napi_create_int32(env, event->value, &a);
+      } else {
+        napi_get_undefined(env, &a);
+      }
+      if (event->kind == EV_EXIT) napi_get_boolean(env, event->flag, &b);
+      else napi_get_undefined(env, &b);
+      napi_set_element(env, batch, index++, kind);
+      napi_set_element(env, batch, index++, a);
+      napi_set_element(env, batch, index++, b);
+      free(event);
+      event = next;
+    }
+    s->queued_bytes = 0;
+    emit(s, EV_BATCH, batch, NULL);
+    napi_close_handle_scope(env, scope);
+    if (s->held) {
+      s->held = false;
+      if (s->out_open && !s->js_paused) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+    }
+    // The hold queue() took: the script may be freed now if its handles have closed meanwhile.
+    release(s, false);
+  }
+}
+
+/** Queues an event of s for delivery after the poll phase. */
+static void queue(script *s, enum event_kind kind, const char *data, size_t length, int value, bool flag) {
+  queued_event *event = malloc(sizeof *event + length);
+  if (!event) return; /* out of memory: the event is lost, and so is the request */
+  event->next = NULL;
+  event->kind = kind;
+  event->value = value;
+  event->flag = flag;
+  event->length = length;
+  if (length) memcpy(event->data, data, length);
+  if (s->queue_tail) s->queue_tail->next = event;
+  else s->queue_head = event;
+  s->queue_tail = event;
+  if (s->pending) return;
+  s->pending = true;
+  s->sources++; /* delivery is a source of events too: the script stays until it is done */
+  s->next_pending = NULL;
+  // Kept in arrival order, so a script's events and different scripts' events stay in order.
+  script **tail = &pending_head;
+  while (*tail) tail = &(*tail)->next_pending;
+  *tail = s;
+  if (!flush_check_ready) {
+    uv_loop_t *loop = NULL;
+    napi_get_uv_event_loop(s->env, &loop);
+    uv_check_init(loop, &flush_check);
+    uv_unref((uv_handle_t *)&flush_check);
+    flush_check_ready = true;
+  }
+  uv_check_start(&flush_check, flush_pending);
+}
+
 static void on_handle_closed(uv_handle_t *handle) {
   release((script *)handle->data, false);
 }
@@ -215,13 +325,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   script *s = (script *)stream->data;
   bool is_out = stream == (uv_stream_t *)&s->out;
   if (nread == 0) return; /* EAGAIN */
-  napi_handle_scope scope;
-  napi_open_handle_scope(s->env, &scope);
   if (nread > 0) {
-    napi_value chunk;
-    void *copy;
-    napi_create_buffer_copy(s->env, (size_t)nread, buf->base, &copy, &chunk);
-    emit(s, is_out ? EV_STDOUT : EV_STDERR, chunk, NULL);
+    queue(s, is_out ? EV_STDOUT : EV_STDERR, buf->base, (size_t)nread, 0, false);
+    // libuv reads on while data comes: bound what waits here for JS, which applies backpressure.
+    if (is_out && (s->queued_bytes += (size_t)nread) >= READ_SIZE && !s->held) {
+      s->held = true;
+      uv_read_stop(stream);
+    }
   } else {
     // EOF, or a read error (treated as the end: what was read is all there is).
     if (is_out) {
@@ -232,9 +342,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     } else {
       uv_close((uv_handle_t *)stream, on_handle_closed);
     }
-    emit(s, is_out ? EV_STDOUT_END : EV_STDERR_END, NULL, NULL);
+    queue(s, is_out ? EV_STDOUT_END : EV_STDERR_END, NULL, 0, 0, false);
   }
-  napi_close_handle_scope(s->env, scope);
 }
 
 /** The pidfd is readable: the script has exited. Reap it and report (wait status, group still alive). */
@@ -254,13 +363,7 @@ static void on_exit_ready(uv_poll_t *poll, int status, int events) {
   uv_close((uv_handle_t *)poll, on_handle_closed);
   close(s->pidfd);
   s->pidfd = -1;
-  napi_handle_scope scope;
-  napi_open_handle_scope(s->env, &scope);
-  napi_value code, left;
-  napi_create_int32(s->env, wait_status, &code);
-  napi_get_boolean(s->env, group_left, &left);
-  emit(s, EV_EXIT, code, left);
-  napi_close_handle_scope(s->env, scope);
+  queue(s, EV_EXIT, NULL, 0, wait_status, group_left);
 }
 
 /**
@@ -457,13 +560,19 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
 /** pause(handle) / resume(handle): stop and restart reading stdout (backpressure). */
 static napi_value pause_stdout(napi_env env, napi_callback_info info) {
   script *s = script_arg(env, info);
-  if (s && s->out_open) uv_read_stop((uv_stream_t *)&s->out);
+  if (s && s->out_open) {
+    s->js_paused = true;
+    uv_read_stop((uv_stream_t *)&s->out);
+  }
   return NULL;
 }
 
 static napi_value resume_stdout(napi_env env, napi_callback_info info) {
   script *s = script_arg(env, info);
-  if (s && s->out_open) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+  if (s && s->out_open) {
+    s->js_paused = false;
+    if (!s->held) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+  }
   return NULL;
 }
 
