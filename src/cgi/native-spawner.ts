@@ -14,7 +14,7 @@ interface SpawnAddon extends ReaperCalls {
   /** Throws when the kernel cannot watch exits (no pidfd_open). */
   check(): void;
   /** See spawn.c. */
-  spawn(file: string, argv: readonly string[], env: string[], cwd: string, withStdin: boolean, inThread: boolean, onEvent: (kind: number, a: unknown, b: unknown) => void): ScriptHandle;
+  spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, onEvent: (kind: number, a: unknown, b: unknown) => void): ScriptHandle;
   pause(handle: ScriptHandle): void;
   resume(handle: ScriptHandle): void;
   closeStdout(handle: ScriptHandle): void;
@@ -188,8 +188,10 @@ export class NativeSpawner implements Spawner {
 
   spawn(request: SpawnRequest): ScriptProcess {
     const proc = new NativeProcess(this.addon, request.stdin);
-    const env: string[] = [];
-    for (const name in request.env) env.push(`${name}=${request.env[name]}`);
+    // One string of NUL-terminated entries: one copy out of JS in the addon. (The host has refused
+    // names and values that hold a NUL.)
+    let env = '';
+    for (const name in request.env) env += `${name}=${request.env[name]}\0`;
     this.starting.add(proc);
     // On a worker thread while other scripts are busy: posix_spawn holds its thread until the new
     // process has called execve, which on busy cores waits for a turn to run. With no other script

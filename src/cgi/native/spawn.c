@@ -159,6 +159,37 @@ static void free_vector(char **vector) {
   free(vector);
 }
 
+/**
+ * A JS string of NUL-terminated entries ("NAME=value\0NAME=value\0") as a NULL-terminated vector
+ * pointing into one malloc'd block (vector and text together), or NULL. One copy out of JS for the
+ * whole environment instead of two calls per variable.
+ */
+static char **nul_separated(napi_env env, napi_value value) {
+  size_t length = 0;
+  if (napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok) return NULL;
+  size_t count = 0;
+  char *scratch = malloc(length + 1);
+  if (!scratch) return NULL;
+  napi_get_value_string_utf8(env, value, scratch, length + 1, &length);
+  for (size_t i = 0; i < length; i++) count += scratch[i] == '\0';
+  char **vector = malloc((count + 1) * sizeof(char *) + length + 1);
+  if (!vector) {
+    free(scratch);
+    return NULL;
+  }
+  char *text = (char *)(vector + count + 1);
+  memcpy(text, scratch, length + 1);
+  free(scratch);
+  size_t n = 0;
+  for (size_t start = 0, i = 0; i < length; i++) {
+    if (text[i] != '\0') continue;
+    vector[n++] = text + start;
+    start = i + 1;
+  }
+  vector[n] = NULL;
+  return vector;
+}
+
 /** A JS array of strings as a NULL-terminated, malloc'd vector, or NULL. */
 static char **string_array(napi_env env, napi_value array) {
   uint32_t count = 0;
@@ -187,7 +218,7 @@ static void free_script(script *s) {
   free(s->file);
   free(s->cwd);
   free_vector(s->argv);
-  free_vector(s->envp);
+  free(s->envp); /* one block: see nul_separated() */
   free(s);
 }
 
@@ -579,7 +610,7 @@ static script *script_arg(napi_env env, napi_callback_info info) {
 }
 
 /**
- * spawn(file, argv, env, cwd, withStdin, inThread, onEvent) → handle
+ * spawn(file, argv, env, cwd, withStdin, inThread, onEvent) → handle, env being "NAME=value\0" entries in one string
  * The script leads a new session (its own process group), starts in cwd with every signal at its
  * default and none blocked, and inherits no descriptor but 0, 1 and 2; without stdin it reads
  * /dev/null. onEvent(kind, a, b) reports, in order: started (pid, stdin fd or -1) or failed
@@ -609,7 +640,7 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
   napi_get_value_bool(env, args[5], &in_thread);
   s->file = string_arg(env, args[0]);
   s->argv = string_array(env, args[1]);
-  s->envp = string_array(env, args[2]);
+  s->envp = nul_separated(env, args[2]);
   s->cwd = string_arg(env, args[3]);
   if (!s->file || !s->argv || !s->envp || !s->cwd) {
     free_script(s);
