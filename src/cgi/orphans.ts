@@ -10,7 +10,7 @@ import fs from 'node:fs';
 /** What the sweep needs from the native addon. */
 export interface ReaperCalls {
   setSubreaper(): void;
-  /** Our children, zombies included, except the scripts (even those whose spawn is still completing). */
+  /** Our children (of the main thread, where adopted orphans and child_process children go), zombies included, except the scripts (even those whose spawn is still completing). */
   otherChildren(): number[];
   /** waitpid(pid, WNOHANG): true once reaped (or not our child), false while it runs. */
   reap(pid: number): boolean;

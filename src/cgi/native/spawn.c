@@ -14,7 +14,6 @@
 // Exits are watched with pidfd_open (Linux 5.3) and a uv_poll handle, so no SIGCHLD handler is
 // needed; libuv reaps only the pids it spawned itself and never takes our children.
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -699,33 +698,28 @@ static napi_value set_subreaper(napi_env env, napi_callback_info info) {
 }
 
 /**
- * otherChildren() → the pids of our children (zombies included) that are not scripts, from each
- * thread's /proc children list (a child is listed under the thread that started it).
+ * otherChildren() → the pids of the children (zombies included) of the runner's main thread that
+ * are not scripts. The kernel hands an orphan to the first live thread of its subreaper, the main
+ * thread, and Node's child_process starts its children there too; scripts spawned on worker threads
+ * are listed under those, and are not wanted here anyway.
  */
 static napi_value other_children(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
   napi_create_array(env, &result);
   uint32_t count = 0;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
   pthread_rwlock_wrlock(&spawn_lock);
-  DIR *tasks = opendir("/proc/self/task");
-  struct dirent *task;
-  while (tasks && (task = readdir(tasks))) {
-    if (task->d_name[0] == '.') continue;
-    char path[300];
-    snprintf(path, sizeof path, "/proc/self/task/%s/children", task->d_name);
-    FILE *list = fopen(path, "re");
-    if (!list) continue;
-    int pid;
-    while (fscanf(list, "%d", &pid) == 1) {
-      if (is_live(pid)) continue;
-      napi_value value;
-      napi_create_int32(env, pid, &value);
-      napi_set_element(env, result, count++, value);
-    }
-    fclose(list);
+  FILE *list = fopen(path, "re");
+  int pid;
+  while (list && fscanf(list, "%d", &pid) == 1) {
+    if (is_live(pid)) continue;
+    napi_value value;
+    napi_create_int32(env, pid, &value);
+    napi_set_element(env, result, count++, value);
   }
-  if (tasks) closedir(tasks);
+  if (list) fclose(list);
   pthread_rwlock_unlock(&spawn_lock);
   return result;
 }
