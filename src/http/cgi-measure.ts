@@ -21,8 +21,9 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
-    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the Python helper and a\n" +
-    'node:http hello), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid.',
+    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the Python helper, a\n" +
+    'node:http hello and lighttpd mod_cgi), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and\n' +
+    'Apache mod_cgid.',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
@@ -40,11 +41,12 @@ const rounds = Number(values.rounds);
 // EOF, wait), (2) has it spawned by a spawner helper of its own (spawner.py, the fallback `serve`
 // starts scripts through when its native addon is not built) and reads its output to the end, (3)
 // sends a request for it to `serve` (which starts it from its own process) and (4) one to a plain
-// node:http hello server, over kept-alive connections. (4) is what any Node HTTP front costs; the
-// rest of the overhead is the runner. (2) minus (1) is what a helper process would add.
+// node:http hello server, and (5) when it is installed, one for the script to lighttpd, over
+// kept-alive connections. (4) is what any Node HTTP front costs; the rest of the overhead is the
+// runner. (2) minus (1) is what a helper process would add; (5) minus (1), lighttpd's own overhead.
 const overheadClient = String.raw`
 import json, os, re, socket, struct, subprocess, sys, time
-port, script, n, helper_script, floor_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+port, script, n, helper_script, floor_port, peer_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
        'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
        'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
@@ -74,8 +76,11 @@ def get(sock, path):
             if m and len(buf) >= end + 4 + int(m.group(1)):
                 return buf
 serve_sock, floor_sock = connect(port), connect(floor_port)
+peer_sock = connect(peer_port) if peer_port else None
 def http():
     return get(serve_sock, b'/cgi-bin/hello.sh')
+def peer():
+    return get(peer_sock, b'/cgi-bin/hello.sh')
 def floor():
     return get(floor_sock, b'/')
 def bare():
@@ -111,7 +116,7 @@ def spawned():
     seen = set()
     while not {b'Z', b'X'} <= seen:
         seen.add(frame())
-kinds = [('bare', bare), ('helper', spawned), ('http', http), ('floor', floor)]
+kinds = [('bare', bare), ('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else [])
 for _ in range(50):
     for _, run in kinds:
         run()
@@ -176,6 +181,7 @@ server.bind = "127.0.0.1"
 server.modules = ("mod_alias", "mod_cgi")
 server.pid-file = "${dir.path}/lighttpd.pid"
 server.errorlog = "${dir.path}/error.log"
+server.max-keep-alive-requests = 1000000
 alias.url = ("/cgi-bin/" => "${cgiDir}/")
 $HTTP["url"] =~ "^/cgi-bin/" { cgi.assign = ("" => "") }
 `,
@@ -219,15 +225,18 @@ async function main(): Promise<void> {
   /** Started for the overhead test only, not measured with wrk. */
   const background: Target[] = [];
   try {
-    // 1. Overhead: the same script, bare and through serve, interleaved.
+    // 1. Overhead: the same script, bare, through serve and through lighttpd, interleaved.
     const floor = await startHttpHello();
     background.push(floor);
+    const lighttpd = findPeer('lighttpd') ? await startLighttpd(cgiDir) : undefined;
+    if (lighttpd) background.push(lighttpd);
     const helperScript = path.join(repo, 'src/cgi/spawner.py');
-    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port)], {
+    const peerPort = lighttpd ? new URL(lighttpd.url).port : '0';
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort], {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
-    const samples = JSON.parse(stdout) as Record<'bare' | 'helper' | 'http' | 'floor', number[]>;
+    const samples = JSON.parse(stdout) as Record<'bare' | 'helper' | 'http' | 'floor', number[]> & { peer?: number[] };
     const stats = (xs: number[]) => {
       const sorted = xs.map((x) => x * 1000).sort((a, b) => a - b);
       return { median: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
@@ -236,6 +245,7 @@ async function main(): Promise<void> {
     const helper = stats(samples.helper);
     const serveStats = stats(samples.http);
     const httpFloor = stats(samples.floor);
+    const peer = samples.peer ? stats(samples.peer) : undefined;
     const minus = (a: typeof bare, b: typeof bare) => ({ median: a.median - b.median, p99: a.p99 - b.p99 });
     const overhead = {
       requests,
@@ -244,6 +254,7 @@ async function main(): Promise<void> {
       serve: serveStats,
       httpFloor,
       overhead: minus(serveStats, bare),
+      lighttpd: peer && { ...peer, overhead: minus(peer, bare) },
       // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
       // helper would add to a spawn, were `serve` using it.
       breakdown: {
@@ -260,6 +271,10 @@ async function main(): Promise<void> {
     row('node:http hello (no script)', httpFloor);
     row('serve -> hello.sh', serveStats);
     row('runner overhead (serve - bare)', overhead.overhead);
+    if (peer) {
+      row('lighttpd mod_cgi -> hello.sh', peer);
+      row('lighttpd overhead (lighttpd - bare)', minus(peer, bare));
+    }
     const b = overhead.breakdown;
     console.log(`  of the median overhead: Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
     console.log(`  (the Python helper, the fallback without the native addon, adds ${b.helper.toFixed(3)} to a spawn)`);
@@ -268,7 +283,7 @@ async function main(): Promise<void> {
       // 2. Throughput against the peers, same script, rounds interleaved.
       targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=helper)', cgiDir, { CGI_RUNNER_SPAWNER: 'helper' }));
       targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=node)', cgiDir, { CGI_RUNNER_SPAWNER: 'node' }));
-      if (findPeer('lighttpd')) targets.push(await startLighttpd(cgiDir));
+      if (lighttpd) targets.push(lighttpd);
       if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));
       const results: Record<string, Record<string, number[]>> = {};
       for (const c of [1, 16]) {
@@ -292,7 +307,7 @@ async function main(): Promise<void> {
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
     if (typeof values.json === 'string') fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
   } finally {
-    for (const target of [...targets, ...background]) await target.stop().catch(() => {});
+    for (const target of new Set([...targets, ...background])) await target.stop().catch(() => {});
     await scripts.cleanup();
   }
 }
