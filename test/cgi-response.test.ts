@@ -1,6 +1,7 @@
 // What the client gets for each form of CGI response (RFC 3875 §6): documents, Status, local and client redirects, broken framing from the script, HEAD, malformed output, and nph- scripts.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { ScriptBody } from '../src/cgi/host.ts';
 import { captureLog, get, rawExchange, rawRequest, startCgiServer, type CgiServer } from './cgi-fixture.ts';
 import { eventually } from './fixtures/eventually.ts';
 
@@ -133,9 +134,13 @@ describe('CGI responses', () => {
     assert.equal(long!.status, 200);
     assert.equal(long!.body.toString(), '01234');
     assert.equal(after1!.body.toString(), 'lf body\n');
-    // An invalid one is dropped: the body is framed by the server.
+    // An invalid one is dropped: the body is framed by the server (chunked, or with the length it
+    // counted when the script had finished before the response started).
     const [bad, after2] = await rawExchange(port, ['GET /cgi-bin/bad-cl.sh HTTP/1.1\nHost: x\n\n', next]);
-    assert.equal(bad!.headers['content-length'], undefined);
+    assert.ok(
+      bad!.headers['content-length'] === undefined || bad!.headers['content-length'] === String(bad!.body.length),
+      `Content-Length ${bad!.headers['content-length']} for ${bad!.body.length} bytes`,
+    );
     assert.equal(bad!.body.toString(), 'body\n');
     assert.equal(after2!.body.toString(), 'lf body\n');
     // Too short: the connection is closed, so the client sees a cut response rather than waiting.
@@ -211,6 +216,57 @@ describe('CGI responses', () => {
       await eventually(() => log.text(), /stderr\.sh: third\n/);
     } finally {
       log.restore();
+    }
+  });
+});
+
+describe('a body the script finished before its response started', () => {
+  // ScriptBody only calls back into its run to ask for more output or to abandon it.
+  const body = (calls: string[] = []) =>
+    new ScriptBody({ resumeOutput: () => calls.push('resume'), abandonOutput: () => calls.push('abandon') } as unknown as ConstructorParameters<typeof ScriptBody>[0]);
+
+  test('is handed over whole, once', () => {
+    const b = body();
+    b.push(Buffer.from('hel'));
+    b.push(Buffer.from('lo\n'));
+    b.push(null);
+    assert.equal(b.takeWhole()?.toString(), 'hello\n');
+    assert.equal(b.takeWhole(), undefined, 'consumed');
+  });
+
+  test('an empty body is an empty buffer', () => {
+    const b = body();
+    b.push(null);
+    assert.equal(b.takeWhole()?.length, 0);
+  });
+
+  test('is not handed over while the script may still write, or once someone reads it', () => {
+    const open = body();
+    open.push(Buffer.from('partial'));
+    assert.equal(open.takeWhole(), undefined, 'not ended');
+    const flowing = body();
+    flowing.on('data', () => {});
+    flowing.push(Buffer.from('x'));
+    flowing.push(null);
+    assert.equal(flowing.takeWhole(), undefined, 'already flowing');
+  });
+
+  test('is sent with its Content-Length, or chunked: either way whole', async () => {
+    const server = await startCgiServer({ 'quick.sh': `#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n0123456789'\n` });
+    try {
+      const framings = new Set<string>();
+      for (let i = 0; i < 20; i++) {
+        const r = await rawRequest(server.port, 'GET /cgi-bin/quick.sh HTTP/1.1\nHost: x\nConnection: close\n\n');
+        assert.equal(r.body.toString(), '0123456789');
+        assert.ok(r.complete);
+        const length = r.headers['content-length'];
+        if (length !== undefined) assert.equal(length, '10');
+        else assert.equal(r.headers['transfer-encoding'], 'chunked');
+        framings.add(length === undefined ? 'chunked' : 'length');
+      }
+      assert.ok(framings.size >= 1);
+    } finally {
+      await server.close();
     }
   });
 });

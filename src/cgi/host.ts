@@ -70,10 +70,56 @@ export type CgiOutcome =
 
 const maxStderrLine = 8192;
 
-/** A request waiting for a slot: granted one (it inherits the slot of a finished run) or turned away. */
-interface Waiter {
-  grant: () => void;
-  cancel: () => void;
+type WaitResult = 'granted' | 'full' | 'timeout' | 'aborted' | 'closing';
+
+/**
+ * A request waiting for a slot: granted one (it inherits the slot of a finished run) or turned away.
+ * A class rather than closures: half the requests wait under load, and each named closure costs a
+ * defineProperty under tsx (esbuild's keepNames).
+ */
+class Waiter {
+  private readonly timer: NodeJS.Timeout;
+  private readonly onAbort: () => void;
+  private done = false;
+
+  constructor(
+    private readonly queue: Waiter[],
+    private readonly signal: AbortWatch | undefined,
+    timeoutMs: number,
+    private readonly resolve: (result: WaitResult) => void,
+  ) {
+    this.timer = setTimeout(() => this.leave('timeout'), timeoutMs);
+    this.onAbort = this.leave.bind(this, 'aborted');
+    signal?.addEventListener('abort', this.onAbort, { once: true });
+    queue.push(this);
+  }
+
+  grant(): void {
+    this.settle('granted');
+  }
+
+  cancel(): void {
+    this.leave('closing');
+  }
+
+  private leave(why: 'timeout' | 'aborted' | 'closing'): void {
+    const i = this.queue.indexOf(this);
+    if (i !== -1) this.queue.splice(i, 1);
+    this.settle(why);
+  }
+
+  private settle(result: WaitResult): void {
+    if (this.done) return;
+    this.done = true;
+    clearTimeout(this.timer);
+    this.signal?.removeEventListener('abort', this.onAbort);
+    this.resolve(result);
+  }
+}
+
+/** The outcome of a request whose script never ran. */
+function notRun(status: 400 | 500 | 503, message: string, aborted = false): CgiOutcome {
+  return { kind: 'error', status, message, finished: Promise.resolve({ exit: undefined, timedOut: false, aborted }) };
 }
 
 export class CgiHost {
@@ -124,12 +170,6 @@ export class CgiHost {
    */
   async run(invocation: CgiInvocation): Promise<CgiOutcome> {
     const signal = invocation.signal;
-    const notRun = (status: 400 | 500 | 503, message: string, aborted = false): CgiOutcome => ({
-      kind: 'error',
-      status,
-      message,
-      finished: Promise.resolve({ exit: undefined, timedOut: false, aborted }),
-    });
     for (const name in invocation.env) {
       if (!name || name.includes('=') || name.includes('\0') || invocation.env[name]!.includes('\0')) {
         return notRun(400, `cgi: the environment variable ${JSON.stringify(name)} cannot be passed`);
@@ -155,31 +195,9 @@ export class CgiHost {
     return new Run(this, invocation).start();
   }
 
-  private waitForSlot(signal: AbortWatch | undefined): Promise<'granted' | 'full' | 'timeout' | 'aborted' | 'closing'> {
+  private waitForSlot(signal: AbortWatch | undefined): Promise<WaitResult> {
     if (this.queue.length >= this.queueLimit) return Promise.resolve('full');
-    return new Promise((resolve) => {
-      const waiter: Waiter = {
-        grant: () => {
-          cleanup();
-          resolve('granted');
-        },
-        cancel: () => leave('closing'),
-      };
-      const leave = (why: 'timeout' | 'aborted' | 'closing') => {
-        const i = this.queue.indexOf(waiter);
-        if (i !== -1) this.queue.splice(i, 1);
-        cleanup();
-        resolve(why);
-      };
-      const timer = setTimeout(() => leave('timeout'), this.queueTimeoutMs);
-      const onAbort = () => leave('aborted');
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const cleanup = () => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-      };
-      this.queue.push(waiter);
-    });
+    return new Promise((resolve) => new Waiter(this.queue, signal, this.queueTimeoutMs, resolve));
   }
 
   /** @internal a run ended: hand its slot to the next waiter. */
@@ -346,20 +364,20 @@ class Run {
       return;
     }
     if (!parsed) return;
-    const stdout = this.proc.stdout;
-    const body = new ScriptBody({
-      read: () => {
-        if (!this.stdoutEnded) stdout.resume();
-      },
-      destroy: (err, callback) => {
-        // The consumer went away before the end: nobody will read the rest.
-        if (!this.stdoutEnded) this.kill('cgi: the response was abandoned');
-        callback(err);
-      },
-    });
+    const body = new ScriptBody(this);
     this.body = body;
     if (parsed.rest.length) body.push(parsed.rest);
     this.sendOutcome({ kind: 'response', head: parsed.head, body, finished: this.finished });
+  }
+
+  /** @internal ScriptBody wants more: let the script's output flow again. */
+  resumeOutput(): void {
+    if (!this.stdoutEnded) this.proc.stdout.resume();
+  }
+
+  /** @internal ScriptBody was destroyed: before the end, nobody will read the rest. */
+  abandonOutput(): void {
+    if (!this.stdoutEnded) this.kill('cgi: the response was abandoned');
   }
 
   private onStdoutEnd(): void {
@@ -426,13 +444,8 @@ class Run {
     if (this.onAbort) this.invocation.signal?.removeEventListener('abort', this.onAbort);
     if (!this.proc.stdout.destroyed) this.proc.stdout.destroy();
     this.flushStderr();
-    const finish = () => {
-      clearTimeout(this.killTimer);
-      this.host.release(this);
-      this.resolveFinished({ exit: this.exit, timedOut: this.timedOut, aborted: this.aborted });
-    };
     const pid = this.proc.pid;
-    if (!this.exit.groupLeft || pid === undefined) return finish();
+    if (!this.exit.groupLeft || pid === undefined) return this.settle();
     // The script is gone and its output complete, but members of its process group (background
     // jobs) are still running: they are killed too, so no script outlives its request.
     if (!this.killing) {
@@ -445,7 +458,7 @@ class Run {
     const poll = setInterval(() => {
       if (!groupAlive(pid)) {
         clearInterval(poll);
-        return finish();
+        return this.settle();
       }
       if (!killed && Date.now() >= termDeadline) {
         killed = true;
@@ -453,9 +466,16 @@ class Run {
       } else if (killed && Date.now() >= termDeadline + grace) {
         // Only zombies nobody reaps can survive SIGKILL; they hold nothing.
         clearInterval(poll);
-        finish();
+        this.settle();
       }
     }, 10);
+  }
+
+  /** The run is over: its slot goes to the next request, and `finished` settles. */
+  private settle(): void {
+    clearTimeout(this.killTimer);
+    this.host.release(this);
+    this.resolveFinished({ exit: this.exit, timedOut: this.timedOut, aborted: this.aborted });
   }
 
   private onStderr(chunk: Buffer | null): void {
@@ -489,6 +509,20 @@ class Run {
  */
 export class ScriptBody extends Readable {
   private ended = false;
+  private taken = false;
+
+  constructor(private readonly run: Run) {
+    super();
+  }
+
+  override _read(): void {
+    this.run.resumeOutput();
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.run.abandonOutput();
+    callback(err);
+  }
 
   override push(chunk: unknown, encoding?: BufferEncoding): boolean {
     if (chunk === null) this.ended = true;
@@ -497,7 +531,8 @@ export class ScriptBody extends Readable {
 
   /** The whole body, if it is complete and untouched (then it is consumed); otherwise undefined. */
   takeWhole(): Buffer | undefined {
-    if (!this.ended || this.readableFlowing !== null || this.destroyed || this.readableEnded) return undefined;
+    if (!this.ended || this.taken || this.readableFlowing !== null || this.destroyed) return undefined;
+    this.taken = true;
     return (this.read() as Buffer | null) ?? Buffer.alloc(0);
   }
 }

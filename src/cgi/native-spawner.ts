@@ -59,6 +59,26 @@ const pipeWindow = 64 * 1024;
  * A script started through the addon. Its streams exist at once, for the host to wire up; stdout is
  * fed by the addon's reads, and stdin joins the script's pipe when the spawn completes.
  */
+/** A script's stdout as a Readable: methods rather than per-script closures (see Waiter in host.ts). */
+class ScriptOutput extends Readable {
+  constructor(private readonly proc: NativeProcess) {
+    super({ highWaterMark: pipeWindow });
+  }
+
+  override _read(): void {
+    const proc = this.proc;
+    if (!proc.paused || !proc.handle) return;
+    proc.paused = false;
+    proc.addon.resume(proc.handle);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    // Nobody will read the rest: the script gets EPIPE on its next write.
+    if (this.proc.handle) this.proc.addon.closeStdout(this.proc.handle);
+    callback(err);
+  }
+}
+
 class NativeProcess implements ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
@@ -67,7 +87,10 @@ class NativeProcess implements ScriptProcess {
   pid: number | undefined;
   handle: ScriptHandle | undefined;
   private resolveExit!: (exit: ScriptExit) => void;
-  private paused = false;
+  /** @internal counted in the spawner's busy scripts: started, and stdout not ended yet. */
+  busy = false;
+  /** @internal stdout reading stopped for backpressure (see ScriptOutput). */
+  paused = false;
   private in: net.Socket | undefined;
   /** A write, or the end, that came before the script's stdin pipe did. */
   private pendingWrite: (() => void) | undefined;
@@ -75,21 +98,9 @@ class NativeProcess implements ScriptProcess {
   /** The last signal asked for before the pid was known. */
   private pendingSignal: NodeJS.Signals | undefined;
 
-  constructor(private readonly addon: SpawnAddon, hasStdin: boolean) {
+  constructor(readonly addon: SpawnAddon, hasStdin: boolean) {
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-    this.stdout = new Readable({
-      highWaterMark: pipeWindow,
-      read: () => {
-        if (!this.paused || !this.handle) return;
-        this.paused = false;
-        this.addon.resume(this.handle);
-      },
-      destroy: (err, callback) => {
-        // Nobody will read the rest: the script gets EPIPE on its next write.
-        if (this.handle) this.addon.closeStdout(this.handle);
-        callback(err);
-      },
-    });
+    this.stdout = new ScriptOutput(this);
     this.stdout.on('error', () => {});
     this.stdin = hasStdin
       ? new Writable({
@@ -199,30 +210,31 @@ export class NativeSpawner implements Spawner {
     // happens here. (A script whose stdout has ended is done with, even before its exit is seen.)
     const inThread = this.busy > 0;
     this.busy++;
-    let busy = true;
-    const onEvent = (kind: Event, a: unknown, b: unknown) => {
-      if (kind === Event.Batch) {
-        const events = a as unknown[];
-        for (let i = 0; i < events.length; i += 3) onEvent(events[i] as Event, events[i + 1], events[i + 2]);
-        return;
-      }
-      if (busy && (kind === Event.StdoutEnd || kind === Event.Exit || kind === Event.Failed)) {
-        busy = false;
-        this.busy--;
-      }
-      if (kind === Event.Started) {
-        this.starting.delete(proc);
-        this.running.set(a as number, proc);
-      } else if (kind === Event.Failed) {
-        this.starting.delete(proc);
-      } else if (kind === Event.Exit) {
-        this.running.delete(proc.pid!);
-        this.orphans?.scriptExited();
-      }
-      proc.onEvent(kind, a, b);
-    };
-    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, onEvent);
+    proc.busy = true;
+    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => this.onEvent(proc, kind, a, b));
     return proc;
+  }
+
+  private onEvent(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
+    if (kind === Event.Batch) {
+      const events = a as unknown[];
+      for (let i = 0; i < events.length; i += 3) this.onEvent(proc, events[i] as Event, events[i + 1], events[i + 2]);
+      return;
+    }
+    if (proc.busy && (kind === Event.StdoutEnd || kind === Event.Exit || kind === Event.Failed)) {
+      proc.busy = false;
+      this.busy--;
+    }
+    if (kind === Event.Started) {
+      this.starting.delete(proc);
+      this.running.set(a as number, proc);
+    } else if (kind === Event.Failed) {
+      this.starting.delete(proc);
+    } else if (kind === Event.Exit) {
+      this.running.delete(proc.pid!);
+      this.orphans?.scriptExited();
+    }
+    proc.onEvent(kind, a, b);
   }
 
   async close(): Promise<void> {

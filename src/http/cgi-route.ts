@@ -54,7 +54,9 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         body,
         signal: request.signal,
         nph: name.startsWith('nph-'),
-        onStderrLine: (line) => logError(`${name}: ${line}`),
+        onStderrLine(line) {
+          logError(`${name}: ${line}`);
+        },
       });
 
       if (outcome.kind === 'error') {

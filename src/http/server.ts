@@ -83,6 +83,28 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
     return undefined;
   };
 
+  // Per request, closures are avoided: under tsx (esbuild's keepNames) each named one costs a defineProperty.
+  const internalError = (request: RouteRequest, err: unknown) => {
+    const { req, res } = request;
+    logError(`http: ${req.method} ${req.url}: ${(err as Error)?.stack ?? String(err)}`);
+    if (res.headersSent) res.destroy();
+    else request.error(500);
+  };
+  const dispatch = (request: RouteRequest) => {
+    const route = findRoute(request.target);
+    if (!route) {
+      if (request.expectsContinue) request.res.setHeader('connection', 'close');
+      request.error(404);
+      return;
+    }
+    try {
+      const done = route.handle(request);
+      if (done) done.catch((err) => internalError(request, err));
+    } catch (err) {
+      internalError(request, err);
+    }
+  };
+
   const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean) => {
     inFlight++;
     const controller = new LazyAbort();
@@ -104,7 +126,7 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
         redirects++;
         (this as { target: string }).target = target;
         (this as { method: string }).method = 'GET';
-        dispatch();
+        dispatch(this);
       },
       error(status: number, detail?: string) {
         request.bytes += sendError(res, status, detail);
@@ -128,26 +150,7 @@ export function createHttpFront(options: HttpServerOptions): HttpFront {
       });
       if (--inFlight === 0) idle?.();
     });
-    const dispatch = () => {
-      const route = findRoute(request.target);
-      if (!route) {
-        if (expectsContinue) res.setHeader('connection', 'close');
-        request.error(404);
-        return;
-      }
-      try {
-        const done = route.handle(request);
-        if (done) done.catch((err) => internalError(err));
-      } catch (err) {
-        internalError(err);
-      }
-    };
-    const internalError = (err: unknown) => {
-      logError(`http: ${req.method} ${req.url}: ${(err as Error)?.stack ?? String(err)}`);
-      if (res.headersSent) res.destroy();
-      else request.error(500);
-    };
-    dispatch();
+    dispatch(request);
   };
 
   const headersTimeout = options.headersTimeoutMs ?? 20_000;
