@@ -7,6 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
+import { serveNodeFlags } from '../src/node-flags.ts';
 import { childPids, makeTempDir, startProcess, stop, type TempDir } from '../src/peers/index.ts';
 import { waitFor } from './cgi-fixture.ts';
 import { logged } from './fixtures/log.ts';
@@ -64,6 +65,7 @@ describe('npm start', () => {
     // What `npm start` runs, from the repository root (on a free port instead of 8080).
     const [program, ...startArgs] = (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(' ');
     assert.equal(program, 'node');
+    for (const flag of serveNodeFlags) assert.ok(startArgs.includes(flag), `the start script passes ${flag}, as the benchmarks do`);
     const proc = await startProcess({ name: 'cgi-runner serve', command: process.execPath, args: [...startArgs, '--port', '0'], cwd: repoRoot });
     try {
       const deadline = Date.now() + 20_000;

@@ -1,6 +1,7 @@
 // The benchmark's targets: for each, its mode, what it needs installed, how to start it, and where it answers (directly or behind the shared nginx).
 import fs from 'node:fs';
 import path from 'node:path';
+import { serveNodeFlags } from '../node-flags.ts';
 import { findPeer, peerPackage } from '../peers/availability.ts';
 import { startApache } from '../peers/apache.ts';
 import { startFcgiwrap } from '../peers/fcgiwrap.ts';
@@ -63,11 +64,11 @@ const CLI = 'src/cli.ts';
  * /dev/null rather than through a pipe into this process: reading it would cost the load
  * generator's CPU.
  */
-async function startNode(env: TargetEnv, name: string, args: string[], ready: (signal: AbortSignal) => Promise<void>): Promise<ManagedProcess> {
+async function startNode(env: TargetEnv, name: string, args: string[], ready: (signal: AbortSignal) => Promise<void>, nodeFlags: readonly string[] = []): Promise<ManagedProcess> {
   const proc = await startProcess({
     name,
     command: process.execPath,
-    args: ['--import', 'tsx', ...args],
+    args: [...nodeFlags, '--import', 'tsx', ...args],
     stdout: 'ignore',
     cwd: env.root,
     env: { ...process.env, NODE_ENV: 'production' },
@@ -78,8 +79,12 @@ async function startNode(env: TargetEnv, name: string, args: string[], ready: (s
 
 async function startServe(env: TargetEnv, name: string): Promise<{ proc: ManagedProcess; port: number }> {
   const port = await freePort();
-  const proc = await startNode(env, name, [CLI, 'serve', '--port', String(port), '--host', '127.0.0.1', '--cgi-dir', './cgi-bin', '--fcgi-dir', './fcgi'], (signal) =>
-    waitForPort(port, '127.0.0.1', 20_000, signal),
+  const proc = await startNode(
+    env,
+    name,
+    [CLI, 'serve', '--port', String(port), '--host', '127.0.0.1', '--cgi-dir', './cgi-bin', '--fcgi-dir', './fcgi'],
+    (signal) => waitForPort(port, '127.0.0.1', 20_000, signal),
+    serveNodeFlags,
   );
   return { proc, port };
 }

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parseScriptArgs } from '../command.ts';
+import { serveNodeFlags } from '../node-flags.ts';
 import { median } from '../bench/histogram.ts';
 import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
@@ -150,7 +151,7 @@ async function startServeProcess(name: string, cgiDir: string, env: Record<strin
   const proc = await startProcess({
     name,
     command: process.execPath,
-    args: ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', String(port), '--cgi-dir', cgiDir],
+    args: [...serveNodeFlags, '--import', 'tsx', 'src/cli.ts', 'serve', '--port', String(port), '--cgi-dir', cgiDir],
     cwd: repo,
     env: { ...process.env, ...env },
     // Its access lines go to /dev/null: read through a pipe, each one would wake this process, a
