@@ -1,4 +1,4 @@
-// Starts CGI scripts from the runner's own process through the native addon (src/cgi/native/spawn.c): posix_spawn without a fork, the script's pipes read on the event loop, its exit reported through a pidfd.
+// Starts CGI scripts from the runner's own process through the native addon (src/cgi/native/spawn.c): clone(CLONE_VM | CLONE_VFORK) and execve, no fork, the script's pipes read on the event loop, its exit reported through a pidfd.
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
@@ -204,7 +204,7 @@ export class NativeSpawner implements Spawner {
     let env = '';
     for (const name in request.env) env += `${name}=${request.env[name]}\0`;
     this.starting.add(proc);
-    // On a worker thread while other scripts are busy: posix_spawn holds its thread until the new
+    // On a worker thread while other scripts are busy: the spawn holds its thread until the new
     // process has called execve, which on busy cores waits for a turn to run. With no other script
     // at work that wait is short and the hand-over to a thread would cost more, so the spawn
     // happens here. (A script whose stdout has ended is done with, even before its exit is seen.)

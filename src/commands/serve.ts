@@ -14,7 +14,7 @@ import { setSpoolBase } from '../http/spool.ts';
 import { logError, logInfo } from '../log.ts';
 
 const spawnerDescription = {
-  native: 'the runner itself (posix_spawn)',
+  native: 'the runner itself (clone and execve, no fork)',
   helper: 'the spawner helper (python3, posix_spawn)',
   node: 'the runner itself (child_process, which forks)',
 } as const;
