@@ -190,6 +190,35 @@ describe('script lifetime', () => {
   });
 });
 
+describe('a script killed after its response started', () => {
+  let server: CgiServer;
+  before(async () => {
+    // It ignores SIGTERM and writes on until the SIGKILL: more than a pipe holds.
+    server = await startCgiServer(
+      { 'stubborn.sh': sh(`printf 'Content-Type: text/plain\\n\\nstart\\n'; trap '' TERM; while :; do printf '%01024d\\n' 0; done`), 'ok.sh': sh(`printf 'Content-Type: text/plain\\n\\nok\\n'`) },
+      { maxScripts: 1, timeout: 1, killGrace: 1 },
+    );
+  });
+  after(() => server?.close());
+
+  test('has its output drained until the SIGKILL, so its slot is free right after', async () => {
+    const started = Date.now();
+    // A client that reads nothing: the runner alone decides how much of the output it takes.
+    const socket = net.connect(server.port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.write('GET /cgi-bin/stubborn.sh HTTP/1.1\r\nHost: x\r\n\r\n');
+    socket.pause();
+    await waitFor('the script to run', () => (server.host.running === 1 ? true : undefined));
+    await waitFor('its run to end', () => (server.host.running === 0 ? true : undefined), 6000);
+    const ended = Date.now() - started;
+    socket.destroy();
+    // TERM at 1 s (the timeout), KILL at 2 s. A run whose output was left paused after the TERM
+    // would end only when the runner gives up on its stdout, a grace period later (3 s).
+    assert.ok(ended >= 1900 && ended < 2700, `the run ended ${ended} ms after the request`);
+    assert.equal((await get(server.port, '/cgi-bin/ok.sh')).status, 200, 'the slot is free');
+  });
+});
+
 describe('the concurrency cap', () => {
   let server: CgiServer;
   before(async () => {

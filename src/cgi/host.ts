@@ -352,6 +352,9 @@ class Run {
 
   private onStdout(chunk: Buffer): void {
     if (this.body) {
+      // Once the body is destroyed (a kill, or the consumer left), output is drained, not paused
+      // for: a paused pipe would hold the script, and its slot, until the SIGKILL.
+      if (this.body.destroyed) return;
       if (!this.body.push(chunk)) this.proc.stdout.pause();
       return;
     }

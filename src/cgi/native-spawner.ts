@@ -11,8 +11,12 @@ import { endScripts, exitFromWaitStatus, signalGroup, type ScriptExit, type Scri
 type ScriptHandle = object;
 
 interface SpawnAddon extends ReaperCalls {
-  /** Throws when the kernel cannot watch exits (no pidfd_open). */
+  /** Throws when the kernel lacks pidfd_open or close_range. */
   check(): void;
+  /** The pids of every script started and not reaped yet, in this process (spawns still completing included). */
+  livePids(): number[];
+  /** Signal dispositions are read again at the next spawn (a signal got a handler). */
+  forgetDispositions(): void;
   /** See spawn.c. */
   spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, onEvent: (kind: number, a: unknown, b: unknown) => void): ScriptHandle;
   pause(handle: ScriptHandle): void;
@@ -45,9 +49,14 @@ export function loadSpawnAddon(): SpawnAddon | Error {
   try {
     const addon = createRequire(import.meta.url)(addonPath) as SpawnAddon;
     addon.check();
+    // Node installs a signal's handler when it gets its first listener: the addon's list of
+    // signals to reset in a new script is then out of date.
+    process.on('newListener', (event) => {
+      if (typeof event === 'string' && event.startsWith('SIG')) addon.forgetDispositions();
+    });
     loaded = addon;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOSYS') return (loaded = new Error('cgi: the in-process spawner needs Linux 5.3 or later (pidfd_open)'));
+    if ((err as NodeJS.ErrnoException).code === 'ENOSYS') return (loaded = new Error(`cgi: the in-process spawner needs Linux 5.9 or later (${(err as Error).message})`));
     loaded = new Error(`cgi: the in-process spawner is not built (${(err as Error).message.split('\n')[0]}); \`npm rebuild\` builds it`);
   }
   return loaded;
@@ -194,7 +203,8 @@ export class NativeSpawner implements Spawner {
     private readonly addon: SpawnAddon,
     adoptOrphans = true,
   ) {
-    this.orphans = adoptOrphans ? new OrphanReaper(addon, () => this.running.keys()) : undefined;
+    // Every script of the process counts as running, spawns still completing included: the addon's list.
+    this.orphans = adoptOrphans ? new OrphanReaper(addon, () => addon.livePids()) : undefined;
   }
 
   spawn(request: SpawnRequest): ScriptProcess {
@@ -211,7 +221,12 @@ export class NativeSpawner implements Spawner {
     const inThread = this.busy > 0;
     this.busy++;
     proc.busy = true;
-    proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => this.onEvent(proc, kind, a, b));
+    try {
+      proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => this.onEvent(proc, kind, a, b));
+    } catch (err) {
+      // Refused before any spawn (out of memory): as a failed start, so nothing waits for it.
+      this.onEvent(proc, Event.Failed, `cannot start ${request.file}: ${(err as Error).message}`, undefined);
+    }
     return proc;
   }
 

@@ -89,11 +89,10 @@ typedef struct script {
 
 static _Thread_local char read_buffer[READ_SIZE];
 
-// The pids of the scripts started and not reaped yet. The orphan sweep must never take one of them
-// for an orphan, not even one whose spawn is still completing on a worker thread: spawns hold
-// spawn_lock shared from before the clone until the pid is recorded, and the sweep's list of
-// children is taken with it held exclusively.
-static pthread_rwlock_t spawn_lock = PTHREAD_RWLOCK_INITIALIZER;
+// The pids of the scripts started and not reaped yet, recorded by the thread that spawned them as
+// soon as clone returns. The orphan sweep never takes one for an orphan (a script started on the
+// event loop's thread is listed among its children), and counts them all as running, even those
+// whose "started" event has not reached JS yet (livePids()).
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t *live_pids;
 static size_t live_count, live_capacity;
@@ -262,10 +261,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static _Thread_local uv_check_t flush_check;
 static _Thread_local bool flush_check_ready;
 static _Thread_local script *pending_head;
+static _Thread_local script *pending_tail;
 
 static void flush_pending(uv_check_t *check) {
   script *list = pending_head;
-  pending_head = NULL;
+  pending_head = pending_tail = NULL;
   uv_check_stop(check);
   while (list) {
     script *s = list;
@@ -330,9 +330,9 @@ static void queue(script *s, enum event_kind kind, const char *data, size_t leng
   s->sources++; /* delivery is a source of events too: the script stays until it is done */
   s->next_pending = NULL;
   // Kept in arrival order, so a script's events and different scripts' events stay in order.
-  script **tail = &pending_head;
-  while (*tail) tail = &(*tail)->next_pending;
-  *tail = s;
+  if (pending_tail) pending_tail->next_pending = s;
+  else pending_head = s;
+  pending_tail = s;
   if (!flush_check_ready) {
     uv_loop_t *loop = NULL;
     napi_get_uv_event_loop(s->env, &loop);
@@ -401,9 +401,8 @@ static void on_exit_ready(uv_poll_t *poll, int status, int events) {
 // Signals that are not at their default in the runner: ignored ones (Node ignores SIGPIPE), which
 // would stay ignored across execve, and handled ones, whose handlers must not run in the child
 // while it still shares the runner's memory. Asking the kernel about every signal costs a system
-// call each, more than the rest of a spawn, so the answer is kept for a second. (Node adds a
-// handler only when a signal gets its first listener; the child blocks every signal until execve
-// anyway, and belongs to a session nobody can signal yet.)
+// call each, more than the rest of a spawn, so the answer is kept: for a second, and until a signal
+// gets its first listener in JS, which is when Node installs a handler (forgetDispositions()).
 static pthread_mutex_t dispositions_lock = PTHREAD_MUTEX_INITIALIZER;
 static sigset_t non_default;
 static struct timespec dispositions_read; /* zero: never */
@@ -423,6 +422,17 @@ static void non_default_signals(sigset_t *out) {
   }
   *out = non_default;
   pthread_mutex_unlock(&dispositions_lock);
+}
+
+/** forgetDispositions(): a signal got its first listener in JS (Node installs a handler): read them all again at the next spawn. */
+static napi_value forget_dispositions(napi_env env, napi_callback_info info) {
+  (void)env;
+  (void)info;
+  pthread_mutex_lock(&dispositions_lock);
+  dispositions_read.tv_sec = 0;
+  dispositions_read.tv_nsec = 0;
+  pthread_mutex_unlock(&dispositions_lock);
+  return NULL;
 }
 
 /** What the child needs: it runs on the calling thread's memory, before execve. */
@@ -449,7 +459,7 @@ static int child_main(void *arg) {
   if (s->with_stdin) {
     if (dup2(s->fds[0], 0) < 0) goto failed;
   } else {
-    int null = open("/dev/null", O_RDONLY);
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null < 0 || dup2(null, 0) < 0) goto failed;
   }
   if (dup2(s->fds[3], 1) < 0 || dup2(s->fds[5], 2) < 0) goto failed;
@@ -497,11 +507,9 @@ static void run_spawn(script *s) {
   sigset_t all, previous;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &previous);
-  pthread_rwlock_rdlock(&spawn_lock);
   pid_t pid = clone(child_main, child_stack + CHILD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
   int clone_error = errno;
   if (pid > 0 && args.error == 0) add_live(pid);
-  pthread_rwlock_unlock(&spawn_lock);
   pthread_sigmask(SIG_SETMASK, &previous, NULL);
   if (pid < 0) {
     s->error = clone_error;
@@ -710,7 +718,6 @@ static napi_value other_children(napi_env env, napi_callback_info info) {
   uint32_t count = 0;
   char path[64];
   snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
-  pthread_rwlock_wrlock(&spawn_lock);
   FILE *list = fopen(path, "re");
   int pid;
   while (list && fscanf(list, "%d", &pid) == 1) {
@@ -720,7 +727,21 @@ static napi_value other_children(napi_env env, napi_callback_info info) {
     napi_set_element(env, result, count++, value);
   }
   if (list) fclose(list);
-  pthread_rwlock_unlock(&spawn_lock);
+  return result;
+}
+
+/** livePids() → the pids of every script started and not reaped yet, in this process. */
+static napi_value live_pids_now(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_create_array(env, &result);
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = 0; i < live_count; i++) {
+    napi_value value;
+    napi_create_int32(env, live_pids[i], &value);
+    napi_set_element(env, result, (uint32_t)i, value);
+  }
+  pthread_mutex_unlock(&live_lock);
   return result;
 }
 
@@ -738,12 +759,17 @@ static napi_value reap(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/** check(): throws when this kernel cannot watch exits (pidfd_open needs Linux 5.3). */
+/** check(): throws when this kernel lacks what the spawn needs: pidfd_open (Linux 5.3) and close_range (5.9). */
 static napi_value check(napi_env env, napi_callback_info info) {
   (void)info;
   int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-  if (pidfd < 0) throw_errno(env, "cgi: pidfd_open", errno);
-  else close(pidfd);
+  if (pidfd < 0) {
+    throw_errno(env, "cgi: pidfd_open", errno);
+    return NULL;
+  }
+  close(pidfd);
+  // The child closes every descriptor above 2 with close_range (Linux 5.9): an empty range tests it.
+  if (close_range(~0U, ~0U, 0) < 0) throw_errno(env, "cgi: close_range", errno);
   return NULL;
 }
 
@@ -756,6 +782,8 @@ NAPI_MODULE_INIT() {
       {"setSubreaper", NULL, set_subreaper, NULL, NULL, NULL, napi_default, NULL},
       {"reap", NULL, reap, NULL, NULL, NULL, napi_default, NULL},
       {"otherChildren", NULL, other_children, NULL, NULL, NULL, napi_default, NULL},
+      {"livePids", NULL, live_pids_now, NULL, NULL, NULL, napi_default, NULL},
+      {"forgetDispositions", NULL, forget_dispositions, NULL, NULL, NULL, napi_default, NULL},
       {"check", NULL, check, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof methods / sizeof methods[0], methods);
