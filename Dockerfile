@@ -1,12 +1,25 @@
 # cgi-runner in a container: by default the FastCGI responder on 0.0.0.0:9000 serving deploy/site.ts
 # (every app in fcgi/). Runs in the foreground as PID 1's child (use --init or compose's init: true),
 # access lines on stdout, errors on stderr; SIGTERM (docker stop) finishes in-flight requests, exits 0.
-FROM node:20-bookworm-slim
 
+# The build stage: `npm ci` also compiles the in-process CGI spawner (src/cgi/native, a small C
+# addon) with node-gyp, which needs python3, make and a C compiler; the image itself does not.
+FROM node:20-bookworm-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+# The image's own Node headers: node-gyp downloads none.
+ENV npm_config_nodedir=/usr/local
+COPY package.json package-lock.json binding.gyp ./
+COPY src/cgi/native ./src/cgi/native
+# The install script falls back quietly when the addon does not build; here that is an error.
+RUN npm ci --omit=dev && npm cache clean --force && test -f build/Release/spawn.node
+
+FROM node:20-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
-COPY package.json package-lock.json ./
-RUN npm ci --omit=dev && npm cache clean --force
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/build/Release/spawn.node ./build/Release/spawn.node
+COPY package.json ./
 COPY bin ./bin
 COPY src ./src
 COPY fcgi ./fcgi

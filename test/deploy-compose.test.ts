@@ -9,6 +9,7 @@ import { before, describe, test } from 'node:test';
 import { parseCommandArgs, type Command } from '../src/command.ts';
 import { fcgiCommand } from '../src/commands/fcgi.ts';
 import { deployDir, repoRoot, templateVariables } from '../src/deploy/template.ts';
+import { serveNodeFlags } from '../src/node-flags.ts';
 import { requirePeer } from '../src/peers/index.ts';
 
 interface Service {
@@ -223,6 +224,9 @@ describe('docker-compose.yml', () => {
       assert.equal(check[5], flagOf(c.services[name]!.command!, '--listen'));
       parse(fcgiCommand, check.slice(4));
     }
+    // `serve` runs with the Node flags `npm start` gives it.
+    const nodeOptions = c.services.cgi!.environment?.NODE_OPTIONS ?? '';
+    for (const flag of serveNodeFlags) assert.ok(nodeOptions.split(/\s+/).includes(flag), `cgi: NODE_OPTIONS has ${flag}`);
     // The scripts' health check asks for a script that the image has.
     const cgiCheck = c.services['cgi-dir']!.healthcheck!.test;
     assert.ok(fs.existsSync(imageFile(path.posix.join(flagOf(cgiCheck, '--check-root')!, flagOf(cgiCheck, '--check-path')!))!));
@@ -242,10 +246,11 @@ describe('Dockerfile', () => {
   test('node:20-bookworm-slim, npm ci, foreground entrypoint, health check through fcgi --check', () => {
     const lines = dockerfile();
     assert.equal(lines[0]![0], 'FROM');
-    assert.equal(lines[0]![1], 'node:20-bookworm-slim');
+    for (const [, image] of lines.filter(([k]) => k === 'FROM')) assert.match(image, /^node:20-bookworm-slim\b/);
     assert.ok(lines.some(([k, a]) => k === 'RUN' && /\bnpm ci\b/.test(a)));
     for (const [k, args] of lines) {
-      if (k !== 'COPY') continue;
+      // Files from a build stage are checked below; the rest come from the repository.
+      if (k !== 'COPY' || args.startsWith('--from=')) continue;
       for (const src of args.split(/\s+/).slice(0, -1)) assert.ok(fs.existsSync(path.join(repoRoot, src)), `COPY ${src}: exists`);
     }
     const entrypoint = JSON.parse(lines.find(([k]) => k === 'ENTRYPOINT')![1]) as string[];
@@ -264,8 +269,25 @@ describe('Dockerfile', () => {
     assert.ok(lines.some(([k, a]) => k === 'USER' && a !== 'root'), 'runs unprivileged');
   });
 
-  test('.dockerignore keeps node_modules out of the build context', () => {
+  test('the build stage compiles the in-process CGI spawner, and the image gets it', () => {
+    const lines = dockerfile();
+    const stages = lines.findIndex(([k], i) => k === 'FROM' && i > 0);
+    assert.ok(stages > 0, 'a build stage, then the image');
+    const build = lines.slice(0, stages);
+    const install = build.findIndex(([k, a]) => k === 'RUN' && /\bnpm ci\b/.test(a));
+    assert.ok(install > 0, 'npm ci in the build stage');
+    // node-gyp needs python3, make and a compiler, and the addon's sources, before npm ci runs.
+    assert.ok(build.slice(0, install).some(([k, a]) => k === 'RUN' && /apt-get install.*\bpython3\b/.test(a) && /\bmake\b/.test(a) && /\bg\+\+/.test(a)));
+    for (const src of ['binding.gyp', 'src/cgi/native']) {
+      assert.ok(build.slice(0, install).some(([k, a]) => k === 'COPY' && a.split(/\s+/).includes(src)), `${src} is there before npm ci`);
+    }
+    assert.match(build[install]![1], /test -f build\/Release\/spawn\.node/, 'a failed build fails the image');
+    assert.ok(lines.slice(stages).some(([k, a]) => k === 'COPY' && /^--from=\w+ \/app\/build\/Release\/spawn\.node /.test(a)), 'the image gets the addon');
+  });
+
+  test('.dockerignore keeps node_modules and a local build out of the build context', () => {
     const ignore = fs.readFileSync(path.join(repoRoot, '.dockerignore'), 'utf8').split('\n');
     assert.ok(ignore.includes('node_modules'));
+    assert.ok(ignore.includes('build'));
   });
 });
