@@ -1,4 +1,4 @@
-// Every way of starting scripts behaves the same: from the runner itself through the native addon (posix_spawn), the spawner helper (python3, posix_spawn), and the last fallback (child_process.spawn from the runner).
+// Every way of starting scripts behaves the same: from the runner itself through the native addon (clone and execve), the spawner helper (python3, posix_spawn), and the last fallback (child_process.spawn from the runner).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';

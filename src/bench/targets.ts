@@ -176,7 +176,7 @@ async function sharedHelloSh(env: TargetEnv): Promise<string> {
 }
 
 export const TARGETS: readonly TargetSpec[] = [
-  serveCgi('cgi-sh', 'hello.sh', 'cgi-bin/hello.sh through `serve`: a shell process per request, the fork/exec floor'),
+  serveCgi('cgi-sh', 'hello.sh', 'cgi-bin/hello.sh through `serve`: a shell process per request, the process-start floor'),
   serveCgi('cgi-mjs', 'hello.mjs', 'cgi-bin/hello.mjs through `serve`: a Node process per request'),
   serveCgi('cgi-ts', 'hello.ts', 'cgi-bin/hello.ts through `serve`: the app of fcgi/hello.ts, a Node process with the TypeScript loader per request'),
   {

@@ -150,7 +150,7 @@ export class CgiHost {
     return new CgiHost(await startSpawner(options.spawner), options);
   }
 
-  /** 'native' (posix_spawn from the runner, src/cgi/native), 'helper' (the Python spawner helpers) or 'node' (child_process.spawn). */
+  /** 'native' (clone and execve from the runner, src/cgi/native), 'helper' (the Python spawner helpers) or 'node' (child_process.spawn). */
   get spawnerKind(): 'native' | 'helper' | 'node' {
     return this.spawner.kind;
   }

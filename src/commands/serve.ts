@@ -42,7 +42,7 @@ export interface ServeOptions {
   isindexArgs?: boolean;
   /** Seconds between SIGTERM and SIGKILL for a script being stopped. Default 2. */
   killGrace?: number;
-  /** How scripts are started (default 'auto': the helper when python3 runs, else Node's spawn). */
+  /** How scripts are started (default 'auto': the native addon when it is built, else the Python helper when python3 runs, else Node's spawn). */
   spawner?: SpawnerKind;
   /** Apps served at /fcgi/NAME by persistent responder processes (default ./fcgi; a missing directory serves nothing). */
   fcgiDir?: string;
