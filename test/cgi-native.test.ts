@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
-import { get, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
+import { get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
 
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;
 
@@ -37,6 +37,8 @@ describe('the in-process spawner', { skip: unavailable instanceof Error && !proc
         'stat.sh': sh(`read -r line < /proc/$$/stat; printf 'Content-Type: text/plain\\n\\n%s\\n' "$line"`),
         'signals.sh': sh(`printf 'Content-Type: text/plain\\n\\n'; grep -E '^Sig(Ign|Blk):' /proc/$$/status`),
         'hello.sh': sh(`printf 'Content-Type: text/plain\\n\\nhello\\n'`),
+        'read.sh': sh(`n=$(wc -c); printf 'Content-Type: text/plain\\n\\n%s\\n' $n`),
+        'no-shebang.sh': 'printf "Content-Type: text/plain\\n\\nran anyway\\n"\n',
         'daemon.sh': sh(
           `f="$DOCUMENT_ROOT/pids/$QUERY_STRING"; (setsid sh -c "echo \\$\\$ > '$f'; exec sleep 30" >/dev/null 2>&1 &); while [ ! -s "$f" ]; do sleep 0.01; done; printf 'Content-Type: text/plain\\n\\ndone\\n'`,
         ),
@@ -66,11 +68,17 @@ describe('the in-process spawner', { skip: unavailable instanceof Error && !proc
     assert.equal(mask('SigIgn') & ~glibcInternal, 0n, `ignored: ${mask('SigIgn').toString(16)}`);
   });
 
-  test('the runner keeps no descriptor per request', async () => {
+  test('the runner keeps no descriptor per request: with a body, without, or a script that cannot start', async () => {
     const count = () => fs.readdirSync('/proc/self/fd').length;
+    const post = () => rawRequest(server.port, 'POST /cgi-bin/read.sh HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde');
     await get(server.port, '/cgi-bin/hello.sh');
+    await post();
     const before = count();
-    for (let i = 0; i < 50; i++) assert.equal((await get(server.port, '/cgi-bin/hello.sh')).body.toString(), 'hello\n');
+    for (let i = 0; i < 30; i++) {
+      assert.equal((await get(server.port, '/cgi-bin/hello.sh')).body.toString(), 'hello\n');
+      assert.equal((await post()).body.toString(), '5\n');
+      assert.equal((await get(server.port, '/cgi-bin/no-shebang.sh')).status, 500);
+    }
     // The get() client's own socket may still be closing: allow it a moment.
     await waitFor('descriptors to be closed', () => (count() <= before ? true : undefined), 2000);
   });

@@ -26,6 +26,11 @@ my $n = 0; while (read(STDIN, my $buf, 65536)) { $n += length $buf } print "\\nr
   'stderr.sh': sh(`echo "to the log" >&2; printf 'Content-Type: text/plain\\n\\nok\\n'`),
   'no-shebang.sh': 'printf "Content-Type: text/plain\\n\\nran anyway\\n"\n',
   'bad-interpreter.sh': '#!/nonexistent/interpreter\n',
+  // A daemon's escape: a child in a session of its own, outside the script's process group.
+  // It answers once the daemon has recorded its pid.
+  'daemon.sh': sh(
+    `f="$DOCUMENT_ROOT/pids/$QUERY_STRING"; (setsid sh -c "echo \\$\\$ > '$f'; exec sleep 30" >/dev/null 2>&1 &); while [ ! -s "$f" ]; do sleep 0.01; done; printf 'Content-Type: text/plain\\n\\ndone\\n'`,
+  ),
 };
 
 /** The addon, or a skip (outside CI) that says how to build it. */
@@ -122,14 +127,15 @@ for (const kind of ['native', 'helper', 'node'] as const) {
       assert.ok(r.body.toString().endsWith(`\nread=${body.length}\n`));
     });
 
+    const pidOf = (name: string) =>
+      waitFor(name, () => {
+        const f = path.join(path.dirname(server!.dir), 'pids', name);
+        const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim() : '';
+        return text ? Number(text) : undefined;
+      });
+
     test('timeout and disconnect kill the process group', async (t) => {
       if (!server) return t.skip(`${kindNames[kind]} is not available here`);
-      const pidOf = (name: string) =>
-        waitFor(name, () => {
-          const f = path.join(path.dirname(server!.dir), 'pids', name);
-          const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim() : '';
-          return text ? Number(text) : undefined;
-        });
       const timedOut = get(port, '/cgi-bin/hang.sh?t');
       const pgid = await pidOf('t');
       assert.equal((await timedOut).status, 504);
@@ -141,6 +147,22 @@ for (const kind of ['native', 'helper', 'node'] as const) {
       socket.destroy();
       await assertGroupGone(pgid2, 900);
     });
+
+    // child_process.spawn adopts nothing: only the runner (as subreaper) and the helper end these.
+    if (kind !== 'node') {
+      test('a child that left the process group (setsid) is ended once its script has finished', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const r = await get(port, '/cgi-bin/daemon.sh?daemon');
+        assert.equal(r.body.toString(), 'done\n');
+        const pid = await pidOf('daemon');
+        // Its own process group and session: the kill of the script's group cannot reach it.
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const [, , pgrp, session] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        assert.equal(Number(pgrp), pid);
+        assert.equal(Number(session), pid);
+        await waitFor('the orphan to be ended and reaped', () => (fs.existsSync(`/proc/${pid}`) ? undefined : true), 4000);
+      });
+    }
 
     test('stderr lines reach the log', async (t) => {
       if (!server) return t.skip(`${kindNames[kind]} is not available here`);

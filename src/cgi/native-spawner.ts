@@ -64,10 +64,6 @@ export function loadSpawnAddon(): SpawnAddon | Error {
 
 const pipeWindow = 64 * 1024;
 
-/**
- * A script started through the addon. Its streams exist at once, for the host to wire up; stdout is
- * fed by the addon's reads, and stdin joins the script's pipe when the spawn completes.
- */
 /** A script's stdout as a Readable: methods rather than per-script closures (see Waiter in host.ts). */
 class ScriptOutput extends Readable {
   constructor(private readonly proc: NativeProcess) {
@@ -88,6 +84,10 @@ class ScriptOutput extends Readable {
   }
 }
 
+/**
+ * A script started through the addon. Its streams exist at once, for the host to wire up; stdout is
+ * fed by the addon's reads, and stdin joins the script's pipe when the spawn completes.
+ */
 class NativeProcess implements ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
@@ -192,19 +192,14 @@ export class NativeSpawner implements Spawner {
   readonly kind = 'native' as const;
   /** No helper processes: the scripts are the runner's own children. */
   readonly pids: number[] = [];
-  private readonly running = new Map<number, NativeProcess>();
+  /** Scripts spawned (or being spawned) and not exited yet: what close() stops. */
+  private readonly live = new Set<NativeProcess>();
   /** Scripts started whose stdout has not ended. */
   private busy = 0;
-  /** Spawns not completed yet (on a worker thread). */
-  private readonly starting = new Set<NativeProcess>();
-  private readonly orphans: OrphanReaper | undefined;
+  private readonly orphans: OrphanReaper;
 
-  constructor(
-    private readonly addon: SpawnAddon,
-    adoptOrphans = true,
-  ) {
-    // Every script of the process counts as running, spawns still completing included: the addon's list.
-    this.orphans = adoptOrphans ? new OrphanReaper(addon, () => addon.livePids()) : undefined;
+  constructor(private readonly addon: SpawnAddon) {
+    this.orphans = OrphanReaper.acquire(addon);
   }
 
   spawn(request: SpawnRequest): ScriptProcess {
@@ -213,7 +208,7 @@ export class NativeSpawner implements Spawner {
     // names and values that hold a NUL.)
     let env = '';
     for (const name in request.env) env += `${name}=${request.env[name]}\0`;
-    this.starting.add(proc);
+    this.live.add(proc);
     // On a worker thread while other scripts are busy: the spawn holds its thread until the new
     // process has called execve, which on busy cores waits for a turn to run. With no other script
     // at work that wait is short and the hand-over to a thread would cost more, so the spawn
@@ -240,20 +235,17 @@ export class NativeSpawner implements Spawner {
       proc.busy = false;
       this.busy--;
     }
-    if (kind === Event.Started) {
-      this.starting.delete(proc);
-      this.running.set(a as number, proc);
-    } else if (kind === Event.Failed) {
-      this.starting.delete(proc);
+    if (kind === Event.Failed) {
+      this.live.delete(proc);
     } else if (kind === Event.Exit) {
-      this.running.delete(proc.pid!);
-      this.orphans?.scriptExited();
+      this.live.delete(proc);
+      this.orphans.scriptExited();
     }
     proc.onEvent(kind, a, b);
   }
 
   async close(): Promise<void> {
-    await endScripts([...this.starting, ...this.running.values()]);
-    await this.orphans?.close();
+    await endScripts([...this.live]);
+    await this.orphans.release();
   }
 }

@@ -14,20 +14,12 @@ export interface ReaperCalls {
   otherChildren(): number[];
   /** waitpid(pid, WNOHANG): true once reaped (or not our child), false while it runs. */
   reap(pid: number): boolean;
+  /** Every script started and not reaped yet, in this process (spawns still completing included). */
+  livePids(): number[];
 }
 
 const sweepDelayMs = 200; // after a script exits, before looking for its orphans
 const orphanGraceMs = 2000; // between SIGTERM and SIGKILL for an orphan
-
-/**
- * The running scripts of every spawner in this process: a script of one host may have started the
- * orphan another host's sweep finds, and its age counts for both (see sweep()).
- */
-const scriptSources = new Set<() => Iterable<number>>();
-
-function* allScripts(): Iterable<number> {
-  for (const source of scriptSources) yield* source();
-}
 
 /** Pids of the children Node's child_process started and has not reaped yet. */
 const nodeChildren = new Set<number>();
@@ -74,22 +66,35 @@ function signal(pid: number, name: NodeJS.Signals): boolean {
   }
 }
 
+/**
+ * The process's one sweep: the subreaper role and the children it adopts belong to the process, so
+ * every spawner in it shares this (acquire(), release()).
+ */
 export class OrphanReaper {
+  private static shared: OrphanReaper | undefined;
+  private users = 0;
+
+  /** The process's reaper, started by its first user. */
+  static acquire(calls: ReaperCalls): OrphanReaper {
+    const reaper = (OrphanReaper.shared ??= new OrphanReaper(calls));
+    reaper.users++;
+    return reaper;
+  }
+
+  /** A spawner is done with it: the last one ends the orphans left. */
+  async release(): Promise<void> {
+    if (--this.users > 0) return;
+    if (OrphanReaper.shared === this) OrphanReaper.shared = undefined;
+    await this.close();
+  }
+
   /** Children that existed before adoption began: never ours to end. */
   private readonly earlier: Set<number>;
   private readonly termedAt = new Map<number, number>();
   private timer: NodeJS.Timeout | undefined;
   private sweepAt = Infinity;
 
-  /**
-   * @param calls the addon's subreaper calls
-   * @param scripts the pids of this spawner's scripts running now
-   */
-  constructor(
-    private readonly calls: ReaperCalls,
-    private readonly scripts: () => Iterable<number>,
-  ) {
-    scriptSources.add(scripts);
+  private constructor(private readonly calls: ReaperCalls) {
     trackNodeChildren();
     calls.setSubreaper();
     this.earlier = new Set(calls.otherChildren());
@@ -130,12 +135,11 @@ export class OrphanReaper {
 
   /**
    * The adopted children no running script can have started: those older than the oldest running
-   * script (of any spawner here; a tick's tie spared). A script still running may have started an
-   * orphan it will wait for.
+   * script (a tick's tie spared). A script still running may have started an orphan it will wait for.
    */
   private unclaimed(adopted: number[]): number[] {
     let oldestRunning = Infinity;
-    for (const pid of allScripts()) oldestRunning = Math.min(oldestRunning, startTime(pid) ?? Infinity);
+    for (const pid of this.calls.livePids()) oldestRunning = Math.min(oldestRunning, startTime(pid) ?? Infinity);
     return adopted.filter((pid) => {
       const started = startTime(pid);
       return started !== undefined && started < oldestRunning;
@@ -159,12 +163,8 @@ export class OrphanReaper {
     this.schedule(sweepDelayMs);
   }
 
-  /**
-   * The spawner is stopping: TERM the adopted orphans no other running script can have started,
-   * KILL those still there after the grace period, and reap them.
-   */
-  async close(): Promise<void> {
-    scriptSources.delete(this.scripts);
+  /** The last spawner is stopping: TERM the adopted orphans, KILL those still there after the grace period, and reap them. */
+  private async close(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;
     const pending = (pids: number[]) => {

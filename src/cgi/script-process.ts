@@ -76,10 +76,10 @@ export function exitFromWaitStatus(status: number, groupLeft: boolean): ScriptEx
   return { code: signal ? null : (status >> 8) & 0xff, signal: signal ? (signalNames.get(signal) ?? null) : null, groupLeft };
 }
 
-/** Stops scripts: SIGTERM to each process group, SIGKILL to those still running after `graceMs`. */
-export async function endScripts(procs: readonly ScriptProcess[], graceMs = 2000): Promise<void> {
+/** Stops scripts when the runner stops: SIGTERM to each process group, SIGKILL to those still running 2 s later. */
+export async function endScripts(procs: readonly ScriptProcess[]): Promise<void> {
   for (const proc of procs) proc.killGroup('SIGTERM');
-  const timer = setTimeout(() => procs.forEach((p) => p.killGroup('SIGKILL')), graceMs);
+  const timer = setTimeout(() => procs.forEach((p) => p.killGroup('SIGKILL')), 2000);
   await Promise.all(procs.map((p) => p.exited));
   clearTimeout(timer);
 }

@@ -9,7 +9,7 @@ import { Readable, Writable } from 'node:stream';
 import { logError } from '../log.ts';
 import { loadSpawnAddon, NativeSpawner } from './native-spawner.ts';
 
-import { exitFromWaitStatus, groupAlive, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
+import { endScripts, exitFromWaitStatus, groupAlive, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
 
 export type { ScriptExit, ScriptProcess, SpawnRequest, Spawner, SpawnerKind } from './script-process.ts';
 export { groupAlive } from './script-process.ts';
@@ -414,11 +414,7 @@ class NodeSpawner implements Spawner {
   }
 
   async close(): Promise<void> {
-    const procs = [...this.running];
-    for (const proc of procs) proc.killGroup('SIGTERM');
-    const timer = setTimeout(() => procs.forEach((p) => p.killGroup('SIGKILL')), 2000);
-    await Promise.all(procs.map((p) => p.exited));
-    clearTimeout(timer);
+    await endScripts([...this.running]);
   }
 }
 
