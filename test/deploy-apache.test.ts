@@ -7,9 +7,9 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployApache, startFcgi, type DeployApache, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
-import { freePort, requirePeer, startApache, type TempDir } from '../src/peers/index.ts';
+import { freePort, missingPeer, requirePeer, skipIfMissing, startApache, type TempDir } from '../src/peers/index.ts';
 import { eventually } from './fixtures/eventually.ts';
-import { expectCgiDirScripts, expectSequentialHellos, expectStreamedBody, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { expectCgiDirScripts, expectSequentialHellos, expectStreamedBody, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');

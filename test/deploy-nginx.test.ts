@@ -7,8 +7,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { serverConnections, socketDir, startDeployNginx, startFcgi, type DeployNginx, type Fcgi } from '../src/deploy/stack.ts';
 import { deployDir, repoRoot } from '../src/deploy/template.ts';
-import { freePort, type TempDir } from '../src/peers/index.ts';
-import { expectCgiDirScripts, expectSequentialHellos, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { freePort, missingPeer, skipIfMissing, type TempDir } from '../src/peers/index.ts';
+import { expectCgiDirScripts, expectSequentialHellos, type EnvReport } from './fixtures/front-checks.ts';
 
 const site = path.join(deployDir, 'site.ts');
 const fixtures = path.join(repoRoot, 'test/fixtures/apps');

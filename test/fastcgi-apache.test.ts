@@ -2,8 +2,8 @@
 // SetHandler to a unix socket) and mod_authnz_fcgi calling an app in the Authorizer role.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { startApache, type ApacheServer } from '../src/peers/index.ts';
-import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { type ApacheServer, missingPeer, skipIfMissing, startApache } from '../src/peers/index.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, type EnvReport } from './fixtures/front-checks.ts';
 import { establishedServerSide, fixtureApp, startResponder, type RunningResponder } from './fixtures/responder.ts';
 
 let tcpApp: RunningResponder | undefined;

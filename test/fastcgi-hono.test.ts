@@ -1,19 +1,16 @@
 // A Hono app, exported as is, served by the FastCGI responder behind a real nginx.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { NGINX_FASTCGI_PARAMS, findPeer, startNginx, type NginxServer } from '../src/peers/index.ts';
+import { missingPeer, NGINX_FASTCGI_PARAMS, skipIfMissing, startNginx, type NginxServer } from '../src/peers/index.ts';
 import { fixtureApp, startResponder, type RunningResponder } from './fixtures/responder.ts';
 
 let app: RunningResponder | undefined;
 let nginx: NginxServer | undefined;
-let missing = false;
+let missing: string | undefined;
 
 before(async () => {
-  if (!findPeer('nginx')) {
-    missing = true;
-    if (process.env.CI === 'true') throw new Error('nginx is required under CI but not installed: apt-get install nginx');
-    return;
-  }
+  missing = missingPeer(['nginx']);
+  if (missing) return;
   app = await startResponder({ app: fixtureApp('hono.ts'), listen: 'unix' });
   nginx = await startNginx({
     http: `
@@ -38,7 +35,7 @@ describe('a Hono app behind nginx', () => {
   const url = (path: string) => `${nginx!.url}/hono${path}`;
 
   test('routes, path params, query and c.req.header()', async (t) => {
-    if (missing) return t.skip('install nginx');
+    if (skipIfMissing(t, missing)) return;
     const mark = nginx!.errors().length;
     const root = await fetch(url(''));
     assert.equal(root.status, 200);
@@ -55,7 +52,7 @@ describe('a Hono app behind nginx', () => {
   });
 
   test('a JSON request body, a 201 with Location, and Set-Cookie headers kept apart', async (t) => {
-    if (missing) return t.skip('install nginx');
+    if (skipIfMissing(t, missing)) return;
     const mark = nginx!.errors().length;
     const item = { name: 'tea pot', tags: ['kitchen', 'ünïcødé'] };
     const res = await fetch(url('/items'), { method: 'POST', body: JSON.stringify(item), headers: { 'content-type': 'application/json' } });
@@ -68,14 +65,14 @@ describe('a Hono app behind nginx', () => {
   });
 
   test('c.env is the FastCGI context: params and role', async (t) => {
-    if (missing) return t.skip('install nginx');
+    if (skipIfMissing(t, missing)) return;
     const { serverSoftware, ...env } = (await (await fetch(url('/env?x=y'))).json()) as Record<string, string>;
     assert.deepEqual(env, { role: 'responder', requestUri: '/hono/env?x=y', scriptFilename: `${nginx!.dir}/html/hono/env` });
     assert.match(serverSoftware!, /^nginx\//);
   });
 
   test("the app's own error handler answers, and the next request is served", async (t) => {
-    if (missing) return t.skip('install nginx');
+    if (skipIfMissing(t, missing)) return;
     const mark = nginx!.errors().length;
     const boom = await fetch(url('/boom'));
     assert.equal(boom.status, 500);

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NGINX_FASTCGI_PARAMS, startNginx, type NginxServer } from '../src/peers/index.ts';
+import { missingPeer, NGINX_FASTCGI_PARAMS, type NginxServer, skipIfMissing, startNginx } from '../src/peers/index.ts';
 import { patternBytes } from './fixtures/apps/kitchen.ts';
-import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, missingPeer, skipIfMissing, type EnvReport } from './fixtures/front-checks.ts';
+import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, type EnvReport } from './fixtures/front-checks.ts';
 import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
 import { eventually } from './fixtures/eventually.ts';
 

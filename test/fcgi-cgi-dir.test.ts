@@ -9,11 +9,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FastCGIClient } from '../src/fastcgi/client.ts';
 import { FCGI_AUTHORIZER } from '../src/fastcgi/protocol.ts';
 import {
-  findPeer,
   freePort,
   makeTempDir,
+  missingPeer,
   NGINX_FASTCGI_PARAMS,
   processGroupMembers,
+  skipIfMissing,
   startApache,
   startFcgiwrap,
   startNginx,
@@ -127,13 +128,8 @@ function locations(repoPass: string, testPass: string): string {
 }
 
 before(async () => {
-  for (const peer of ['nginx', 'apache2', 'fcgiwrap', 'mod_proxy_fcgi']) {
-    if (!findPeer(peer)) {
-      missing = peer;
-      if (process.env.CI === 'true') throw new Error(`${peer} is required under CI but not installed`);
-      return;
-    }
-  }
+  missing = missingPeer(['nginx', 'apache2', 'fcgiwrap', 'mod_proxy_fcgi']);
+  if (missing) return;
   root = await makeTempDir('fcgi-cgi-dir-');
   scriptDir = path.join(root.path, 'scripts');
   fs.mkdirSync(scriptDir, { mode: 0o755 });
@@ -202,11 +198,6 @@ after(async () => {
   await root?.cleanup();
 });
 
-function skipIfMissing(t: { skip: (message: string) => void }): boolean {
-  if (!missing) return false;
-  t.skip(`install ${missing}`);
-  return true;
-}
 
 interface Answer {
   status: number;
@@ -262,7 +253,7 @@ const envTarget = '/cgi-bin/env.pl/some%20path/x?a=1&b=%20';
 
 describe('the environment table', () => {
   test('behind nginx: exactly the variables nginx sends, with PATH and FCGI_ROLE, minus Proxy and Authorization', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const answer = await request(nginx!.port!, envTarget, { headers: envHeaders });
     assert.equal(answer.status, 200);
     const { vars, argv, cwd } = parseEnv(answer.body);
@@ -301,7 +292,7 @@ describe('the environment table', () => {
   });
 
   test('behind Apache: the proxy:fcgi:// prefix is stripped from SCRIPT_FILENAME and PATH_INFO found by walking it', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const answer = await request(apache!.port, envTarget, { headers: envHeaders });
     assert.equal(answer.status, 200);
     const { vars, cwd } = parseEnv(answer.body);
@@ -325,7 +316,7 @@ describe('the environment table', () => {
 
 describe('side by side with fcgiwrap behind the same nginx', () => {
   test('an nph- script: its status line and headers become the response, and its body follows whole', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const answer = await request(nginx!.port!, '/t/nph-raw.sh');
     assert.equal(answer.status, 203);
     assert.equal(answer.headers['content-type'], 'text/plain');
@@ -334,7 +325,7 @@ describe('side by side with fcgiwrap behind the same nginx', () => {
   });
 
   test('the same scripts give the same answers', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const upload = Buffer.alloc(200_000, 'u');
     const cases: Array<{ target: string; method?: string; body?: Buffer; headers?: Record<string, string> }> = [
       { target: '/cgi-bin/hello.sh' },
@@ -389,7 +380,7 @@ describe('traversal', () => {
   });
 
   test('behind nginx: SCRIPT_FILENAME and DOCUMENT_ROOT + SCRIPT_NAME outside the directory get 404 (403 for the directory itself), with a STDERR line', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const { viaFilename, viaName } = attempts(scriptDir);
     for (const [f, status] of viaFilename) {
       // $arg_f is not decoded: the value arrives as written here.
@@ -411,7 +402,7 @@ describe('traversal', () => {
   });
 
   test("our error lines carry the request id, the URI and the script (or the directory for a refusal)", async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
     assert.equal((await request(nginx!.port!, '/t/stderr.sh?id=7')).status, 500);
     await eventually(() => testResponder!.stderr(), new RegExp(`stderr\\.sh: to the log \\[${escape(scriptDir)}/stderr\\.sh, request \\d+, uri=/t/stderr\\.sh\\?id=7\\]`));
@@ -420,7 +411,7 @@ describe('traversal', () => {
   });
 
   test('behind Apache: the same attempts through ProxyFCGISetEnvIf and the URL', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const { viaFilename, viaName } = attempts(scriptDir);
     for (const [f, status] of viaFilename) {
       const answer = await request(apache!.port, `/attack-file/?${f}`);
@@ -443,7 +434,7 @@ describe('traversal', () => {
 
 describe('timeouts and disconnects', () => {
   test('a script that runs past --cgi-timeout: 504 through nginx and Apache, and its process group is killed', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const started = Date.now();
     const [viaNginx, viaApache] = await Promise.all([request(nginx!.port!, '/t/sleepy.sh?timeout-nginx'), request(apache!.port, '/t/sleepy.sh?timeout-apache')]);
     assert.equal(viaNginx.status, 504);
@@ -454,7 +445,7 @@ describe('timeouts and disconnects', () => {
   });
 
   test('output streams: the first lines reach the client through nginx and Apache while the script still runs', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const timed = (port: number) =>
       new Promise<{ firstAt: number; endAt: number; body: string }>((resolve, reject) => {
         const started = Date.now();
@@ -478,7 +469,7 @@ describe('timeouts and disconnects', () => {
   });
 
   test('a client that goes away: nginx closes the connection, and the script and its background child are killed', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const socket = net.connect(nginx!.port!, '127.0.0.1');
     socket.write('GET /t/sleepy.sh?gone-nginx HTTP/1.1\r\nHost: cgi.test\r\n\r\n');
     const file = path.join(scriptDir, 'pids-gone-nginx');
@@ -489,7 +480,7 @@ describe('timeouts and disconnects', () => {
   });
 
   test('a client that goes away behind Apache: killed once Apache fails to write to it', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const socket = net.connect(apache!.port, '127.0.0.1');
     socket.on('error', () => {});
     socket.write('GET /t/ticking.sh?gone-apache HTTP/1.1\r\nHost: cgi.test\r\n\r\n');
@@ -504,7 +495,7 @@ describe('timeouts and disconnects', () => {
 
 describe('the Authorizer role', () => {
   test('runs the script at once with no STDIN; 200 allows with Variable-* headers, anything else is the answer', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const client = new FastCGIClient({ address: testSocket });
     try {
       const params = (authorization: string) => ({

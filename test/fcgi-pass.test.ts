@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer } from '../src/commands/serve.ts';
-import { findPeer, makeTempDir, startPhpFpm, startProcess, stop, writeShared, type PhpFpmServer, type TempDir } from '../src/peers/index.ts';
+import { makeTempDir, missingPeer, skipIfMissing, startPhpFpm, startProcess, stop, writeShared, type PhpFpmServer, type TempDir } from '../src/peers/index.ts';
 import { waitFor } from './cgi-fixture.ts';
 import { logged } from './fixtures/log.ts';
 
@@ -17,14 +17,11 @@ let root: TempDir;
 let fpm: PhpFpmServer | undefined;
 let running: RunningServer | undefined;
 let base: string;
-let missing = false;
+let missing: string | undefined;
 
 before(async () => {
-  if (!findPeer('php-fpm')) {
-    missing = true;
-    if (process.env.CI === 'true') throw new Error('php-fpm is required under CI but not installed: apt-get install php8.2-fpm');
-    return;
-  }
+  missing = missingPeer(['php-fpm']);
+  if (missing) return;
   root = await makeTempDir('fcgi-pass-');
   // The document root holds php/ because the URL prefix is /php: SCRIPT_FILENAME = ROOT + SCRIPT_NAME.
   const php = path.join(root.path, 'www', 'php');
@@ -78,14 +75,10 @@ after(async () => {
   await root?.cleanup();
 });
 
-function skipIfMissing(t: { skip: (message: string) => void }): boolean {
-  if (missing) t.skip('install php8.2-fpm');
-  return missing;
-}
 
 describe('--fcgi-pass /php to php-fpm', () => {
   test('GET: SCRIPT_FILENAME, SCRIPT_NAME, PATH_INFO and DOCUMENT_ROOT as nginx sets them, so php-fpm finds the script', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const www = path.join(root.path, 'www');
     const response = await fetch(`${base}/php/vars.php/extra/path?a=1&b=two%20words`, { headers: { 'x-custom': 'yes', proxy: 'http://evil.test', authorization: 'Basic Zm9vOmJhcg==' } });
     assert.equal(response.status, 200);
@@ -125,7 +118,7 @@ describe('--fcgi-pass /php to php-fpm', () => {
   });
 
   test('the command line: --fcgi-pass repeated, each prefix to its upstream under --fcgi-root', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const www = path.join(root.path, 'www');
     const proc = await startProcess({
       name: 'cgi-runner serve --fcgi-pass',
@@ -145,7 +138,7 @@ describe('--fcgi-pass /php to php-fpm', () => {
   });
 
   test('POST: a form and a large upload arrive whole, and the answer headers come back', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const form = await fetch(`${base}/php/post.php`, { method: 'POST', body: new URLSearchParams({ name: 'ada' }) });
     assert.equal(form.headers.get('x-handled-by'), 'php-fpm');
     const formBody = 'name=ada';
@@ -169,7 +162,7 @@ describe('--fcgi-pass /php to php-fpm', () => {
   });
 
   test('a missing script: php-fpm\'s 404 ("Primary script unknown" in the log, naming the upstream)', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const { result, lines } = await logged(async () => {
       const response = await fetch(`${base}/php/missing.php`);
       return { status: response.status, body: await response.text() };
@@ -180,7 +173,7 @@ describe('--fcgi-pass /php to php-fpm', () => {
   });
 
   test('40 concurrent requests on 3 php-fpm workers', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const t0 = Date.now();
     const answers = await Promise.all(
       Array.from({ length: 40 }, async (_, n) => {
@@ -197,7 +190,7 @@ describe('--fcgi-pass /php to php-fpm', () => {
   });
 
   test('php-fpm restarted mid-run: requests during the restart may get 502, every one after it succeeds', async (t) => {
-    if (skipIfMissing(t)) return;
+    if (skipIfMissing(t, missing)) return;
     const results: Array<{ start: number; end: number; status: number }> = [];
     let restartedAt = 0;
     let restartStarted = 0;

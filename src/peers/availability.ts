@@ -76,3 +76,20 @@ export function requirePeer(t: TestContext, name: string): string | undefined {
   t.skip(`install ${name}: ${hint}`);
   return undefined;
 }
+
+/**
+ * For a suite's before(): the first of `names` that is not installed, or undefined. Under CI
+ * (CI=true) a missing one throws instead, as in requirePeer.
+ */
+export function missingPeer(names: readonly string[]): string | undefined {
+  const missing = names.find((name) => !findPeer(name));
+  if (missing && process.env.CI === 'true') throw new Error(`peers: ${missing} is required under CI but not installed: apt-get install ${peerPackage(missing)}`);
+  return missing;
+}
+
+/** Skips the test when `missing` (from missingPeer) names a peer; the caller must return when this answers true. */
+export function skipIfMissing(t: { skip: (message: string) => void }, missing: string | undefined): boolean {
+  if (!missing) return false;
+  t.skip(`install ${missing}: apt-get install ${peerPackage(missing)}`);
+  return true;
+}
