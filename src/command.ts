@@ -65,6 +65,14 @@ export function intFlag(values: Record<string, unknown>, name: string, min = 0):
   return n;
 }
 
+/** A number flag (fractions allowed, as in --duration 0.5) greater than `above`. */
+export function numberFlag(values: Record<string, unknown>, name: string, above = 0): number {
+  const raw = values[name];
+  const n = typeof raw === 'string' ? Number(raw) : NaN;
+  if (!Number.isFinite(n) || n <= above) throw new TypeError(`--${name} must be a number > ${above}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
 export function optionalIntFlag(values: Record<string, unknown>, name: string, min = 0): number | undefined {
   return values[name] === undefined ? undefined : intFlag(values, name, min);
 }

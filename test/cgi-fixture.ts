@@ -7,6 +7,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServe, type RunningServer, type ServeOptions } from '../src/commands/serve.ts';
 import { processGroupMembers } from '../src/peers/index.ts';
+import { waitFor } from './fixtures/eventually.ts';
+
+export { waitFor };
 
 export interface ScriptSpec {
   /** The file's content. */
@@ -221,17 +224,6 @@ export async function assertGroupGone(pgid: number, timeoutMs = 5000): Promise<v
   while (processGroupMembers(pgid).length > 0) {
     if (Date.now() > deadline) assert.fail(`process group ${pgid} still has members: ${processGroupMembers(pgid).join(', ')}`);
     await sleep(20);
-  }
-}
-
-/** Polls until fn returns a value other than undefined. */
-export async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = fn();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await sleep(10);
   }
 }
 

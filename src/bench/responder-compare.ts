@@ -6,7 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseScriptArgs } from '../command.ts';
+import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { median } from './histogram.ts';
 import { runWrk, type WrkSample as Sample } from './wrk.ts';
 import { freePort, startNginx, startPhpFpm, startProcess, stop, stopAll, waitForPort, type ManagedProcess } from '../peers/index.ts';
@@ -24,9 +24,9 @@ const values = parseScriptArgs({
     'access-log': { type: 'boolean', description: "turn on the responder's access log" },
   },
 });
-const duration = Number(values.duration);
-const rounds = Number(values.rounds);
-const connections = Number(values.connections);
+const duration = numberFlag(values, 'duration');
+const rounds = intFlag(values, 'rounds', 1);
+const connections = intFlag(values, 'connections', 1);
 
 
 async function main(): Promise<void> {

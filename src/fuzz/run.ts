@@ -1,5 +1,5 @@
 // `npm run fuzz -- --seconds N`: fast-check fuzzing of the FastCGI codec, the responder over real sockets, and the CGI response path, for a time budget.
-import { parseScriptArgs } from '../command.ts';
+import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import type { PropertyResult } from './check.ts';
@@ -117,7 +117,7 @@ async function main(argv: string[]): Promise<number> {
     },
     argv,
   ) as { seconds: string; target?: string[]; seed?: string; path?: string; property?: string };
-  const seconds = Number(values.seconds);
+  const seconds = numberFlag(values, 'seconds');
   if (!(seconds > 0)) throw new TypeError('--seconds must be positive');
   const targets = (values.target ?? [...fuzzTargets]) as FuzzTarget[];
   for (const t of targets) if (!fuzzTargets.includes(t)) throw new TypeError(`unknown target ${t} (codec, responder, cgi)`);
@@ -125,7 +125,7 @@ async function main(argv: string[]): Promise<number> {
   const report = await runFuzz({
     seconds,
     targets,
-    seed: values.seed === undefined ? undefined : Number(values.seed),
+    seed: values.seed === undefined ? undefined : intFlag(values, 'seed', -(2 ** 31)),
     path: values.path,
     only: values.property,
     onResult: (r) => write(formatResult(r) + '\n'),

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { parseScriptArgs } from '../command.ts';
+import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { serveNodeFlags } from '../node-flags.ts';
 import { median } from '../bench/histogram.ts';
 import { runWrk } from '../bench/wrk.ts';
@@ -33,9 +33,9 @@ const values = parseScriptArgs({
     'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
   },
 });
-const requests = Number(values.requests);
-const duration = Number(values.duration);
-const rounds = Number(values.rounds);
+const requests = intFlag(values, 'requests', 1);
+const duration = numberFlag(values, 'duration');
+const rounds = intFlag(values, 'rounds', 1);
 
 // The client of the overhead test: Python, so that neither side of the comparison pays for a Node
 // client. Each iteration, in rotating order, (1) spawns the script bare (posix_spawn, read stdout to

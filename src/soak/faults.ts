@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { parseScriptArgs } from '../command.ts';
+import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readAllStats, readCmdline } from '../bench/proc-stats.ts';
 import { runMixedLoad, type MixedLoadResult } from './mixed-load.ts';
@@ -323,8 +323,8 @@ async function main(argv: string[]): Promise<number> {
     },
     argv,
   ) as { seconds: string; connections: string; only?: string[] };
-  const durationMs = Number(values.seconds) * 1000;
-  const connections = Number(values.connections);
+  const durationMs = numberFlag(values, 'seconds') * 1000;
+  const connections = intFlag(values, 'connections', 1);
   const names = (values.only ?? Object.keys(faults)) as Array<keyof typeof faults>;
   let failed = 0;
   for (const name of names) {

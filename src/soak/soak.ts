@@ -1,7 +1,7 @@
 // `npm run soak -- --minutes 10`: mixed load for a long time against the FastCGI responder behind nginx and against `serve`, checking errors, memory, file descriptors and leftover processes.
 import fs from 'node:fs';
 import os from 'node:os';
-import { parseScriptArgs } from '../command.ts';
+import { numberFlag, parseScriptArgs } from '../command.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { processGroupMembers } from '../peers/index.ts';
 import { runMixedLoad, type MixedLoadResult, type RequestKind } from './mixed-load.ts';
@@ -184,7 +184,7 @@ async function main(argv: string[]): Promise<number> {
     },
     argv,
   ) as Record<string, string | undefined>;
-  const durationMs = values.seconds !== undefined ? Number(values.seconds) * 1000 : Number(values.minutes) * 60_000;
+  const durationMs = values.seconds !== undefined ? numberFlag(values, 'seconds') * 1000 : numberFlag(values, 'minutes') * 60_000;
   if (!(durationMs > 0)) throw new TypeError('--minutes / --seconds must be positive');
   const modes: SoakMode[] = values.mode === 'both' ? ['fcgi', 'cgi'] : [values.mode as SoakMode];
   if (!modes.every((m) => m === 'fcgi' || m === 'cgi')) throw new TypeError('--mode must be fcgi, cgi or both');
