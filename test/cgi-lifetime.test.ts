@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { processGroupMembers } from '../src/peers/index.ts';
 import { eventually } from './fixtures/eventually.ts';
-import { assertGroupGone, get, rawRequest, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
+import { assertGroupGone, get, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;

@@ -5,12 +5,10 @@ import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { missingPeer, NGINX_FASTCGI_PARAMS, type NginxServer, skipIfMissing, startNginx } from '../src/peers/index.ts';
-import { patternBytes } from './fixtures/apps/kitchen.ts';
 import { expectConcurrentAnswers, expectFailuresRecovered, expectHello, expectLargePostEchoed, expectLargeResponses, expectStreamedBody, expectOnlyAppFailuresLogged, expectPatternBody, expectTeapot, type EnvReport } from './fixtures/front-checks.ts';
-import { establishedServerSide, fixtureApp, mapConcurrent, sha256, startResponder, type RunningResponder } from './fixtures/responder.ts';
+import { establishedServerSide, fixtureApp, mapConcurrent, startResponder, type RunningResponder } from './fixtures/responder.ts';
 import { eventually } from './fixtures/eventually.ts';
 
-const MiB = 1024 * 1024;
 
 let unixApp: RunningResponder | undefined;
 let tcpApp: RunningResponder | undefined;

@@ -21,7 +21,7 @@ function toMs(text: string): number {
 }
 
 /** Parses wrk's report (run with --latency for the percentiles). */
-export function parseWrk(text: string): WrkSample {
+function parseWrk(text: string): WrkSample {
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
   if (!Number.isFinite(rps)) throw new Error(`wrk: no Requests/sec in its output:\n${text}`);
   const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(text)?.[1] ?? 0);

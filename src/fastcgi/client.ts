@@ -684,7 +684,6 @@ class Exchange {
   private timer: NodeJS.Timeout | null = null;
   private paused = false;
   private bodyTouched = false;
-  private stdinEnded = false;
   private gotRecord = false;
   private sent = false;
   private retried = false;
@@ -798,7 +797,6 @@ class Exchange {
   }
 
   private stdinDone(): void {
-    this.stdinEnded = true;
     if (!this.gotRecord) this.arm(this.client.settings.firstByteTimeoutMs, 'no response');
   }
 

@@ -20,11 +20,6 @@ export interface FuzzRunOptions {
   /** Replay: the path a failure printed (with its seed), and a part of the property's name. */
   path?: string;
   only?: string;
-  /**
-   * Most growth of live memory (V8 heap plus Buffers, after a GC) over each target's run. Default
-   * 64 MiB. RSS is reported but not bounded: the allocator keeps freed pages for a while.
-   */
-  maxLiveGrowthBytes?: number;
   onResult?: (result: PropertyResult) => void;
 }
 
@@ -62,7 +57,9 @@ export async function runFuzz(options: FuzzRunOptions): Promise<FuzzRunReport> {
   const report: FuzzRunReport = { results: [], problems: [], memory: {}, canaryRequests: 0 };
   const common = { seed: options.seed, path: options.path, only: options.only, onResult: options.onResult };
   const gc = gcFunction();
-  const limit = options.maxLiveGrowthBytes ?? 64 * 2 ** 20;
+  // Most growth of live memory (V8 heap plus Buffers, after a GC) over each target's run. RSS is
+  // reported but not bounded: the allocator keeps freed pages for a while.
+  const limit = 64 * 2 ** 20;
   const measure = () => {
     gc?.();
     const m = process.memoryUsage();

@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { createLazyRequest, type App, type AppContext } from '../handler.ts';
 import { LazyAbort } from '../lazy-abort.ts';
-import { lightweightParts } from '../lightweight-response.ts';
+import { lightweightParts, type LightweightParts } from '../lightweight-response.ts';
 import { forEachLightweightHeader, plainBody } from '../response-output.ts';
 import { logError } from '../log.ts';
 
@@ -31,12 +31,11 @@ function paramsOf(req: IncomingMessage): Record<string, string> {
  * Status and headers straight from the Response into node:http, as a server built on node:http
  * would write them: no CGI header block in between (that is the gateway's cost, not this path's).
  */
-function writeHead(res: ServerResponse, response: Response, contentLength?: number): void {
+function writeHead(res: ServerResponse, response: Response, light: LightweightParts | undefined, contentLength?: number): void {
   const headers: string[] = [];
   const push = (name: string, value: string) => {
     headers.push(name, value);
   };
-  const light = lightweightParts(response);
   // Read from the lightweight form's init while it holds: asking the Response itself builds the real one.
   const fromInit = light !== undefined && forEachLightweightHeader(light, push);
   if (!fromInit) {
@@ -72,13 +71,15 @@ export function fetchRequestListener(app: App): (req: IncomingMessage, res: Serv
     Promise.resolve()
       .then(() => app.fetch(request, context))
       .then(async (response) => {
-        const body = req.method === 'HEAD' ? null : plainBody(response);
+        // The lightweight form's parts, read once for the body and the head.
+        const light = lightweightParts(response);
+        const body = req.method === 'HEAD' ? null : plainBody(response, light);
         if (body !== undefined) {
-          writeHead(res, response, body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
+          writeHead(res, response, light, body === null ? 0 : typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
           res.end(body ?? undefined);
           return;
         }
-        writeHead(res, response);
+        writeHead(res, response, light);
         for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
           if (!res.write(chunk)) await new Promise((resolve) => res.once('drain', resolve));
         }
