@@ -6,6 +6,8 @@ import { after, before, test } from 'node:test';
 import type { App } from '../src/handler.ts';
 import { fetchRequestListener } from '../src/http/fetch-adapter.ts';
 import { installLightweightResponse } from '../src/lightweight-response.ts';
+import { eventually } from './fixtures/eventually.ts';
+import { logged } from './fixtures/log.ts';
 
 // As src/bench/http-app.ts runs it: `new Response(...)` in the app builds the lightweight form.
 installLightweightResponse();
@@ -84,7 +86,11 @@ test('a stream body is sent as it is produced (chunked)', async () => {
 });
 
 test('a header value the Headers class refuses gives a 500, not a broken response', async () => {
-  const res = await fetch(`${base}/bad-header`);
+  const { result: res, lines } = await logged(() => fetch(`${base}/bad-header`));
   assert.equal(res.status, 500);
   assert.equal(await res.text(), 'Internal Server Error\n');
+  // Refused where the Response says what is wrong (the real Headers), not by node:http later on
+  // (ERR_INVALID_CHAR), which would mean the lightweight headers went out unchecked.
+  await eventually(() => lines.join('\n'), /app: request failed: TypeError: Cannot convert argument to a ByteString/);
+  assert.doesNotMatch(lines.join('\n'), /ERR_INVALID_CHAR/);
 });
