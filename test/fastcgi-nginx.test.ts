@@ -71,7 +71,8 @@ for (const transport of ['unix', 'tcp'] as const) {
       const socket = net.connect(nginx!.port!, '127.0.0.1');
       socket.on('error', () => {});
       socket.write(`GET /${transport}/wait-abort?tag=${tag} HTTP/1.1\r\nHost: x\r\n\r\n`);
-      await sleep(300);
+      // Dropped once the request has reached the app.
+      await eventually(() => app.output(), new RegExp(`kitchen: waiting ${tag}`));
       socket.destroy();
       // The app saw the abort.
       await eventually(() => app.output(), new RegExp(`kitchen: aborted ${tag}`));

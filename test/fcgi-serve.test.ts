@@ -207,7 +207,8 @@ describe('the process manager', () => {
       const { lines } = await logged(async (lines) => {
         const gone = new AbortController();
         const pending = fetch(`${base}/fcgi/upstream/wait?tag=left`, { signal: gone.signal }).catch((e: Error) => e);
-        await sleep(300);
+        // Dropped once the request has reached the app.
+        await waitFor('the request to reach the app', () => (lines.some((l) => l.includes('upstream-app: started wait left')) ? true : undefined));
         gone.abort();
         assert.ok((await pending) instanceof Error);
         const deadline = Date.now() + 5000;
