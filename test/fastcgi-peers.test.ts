@@ -141,7 +141,8 @@ describe('inherited listening sockets', () => {
   });
 
   test('--listen fd:N serves on a listening socket passed as descriptor N', async (t) => {
-    if (!requirePeer(t, 'cgi-fcgi')) return;
+    // python3 is the parent that passes the socket.
+    if (!requirePeer(t, 'cgi-fcgi') || !requirePeer(t, 'python3')) return;
     const port = await freePort();
     const { command, args } = fcgiCommand(['--app', kitchen, '--listen', 'fd:5']);
     // A parent that binds and listens, then execs the responder with the socket on fd 5 (as a

@@ -22,6 +22,7 @@ export const PEERS: Readonly<Record<string, PeerInfo>> = {
   'spawn-fcgi': { package: 'spawn-fcgi', binaries: ['spawn-fcgi'] },
   wrk: { package: 'wrk', binaries: ['wrk'] },
   lighttpd: { package: 'lighttpd', binaries: ['lighttpd'] },
+  python3: { package: 'python3', binaries: ['python3'] },
   'systemd-socket-activate': { package: 'systemd', binaries: ['systemd-socket-activate'] },
   'docker-compose': { package: 'docker-compose', binaries: ['docker-compose'] },
   mod_fcgid: { package: 'libapache2-mod-fcgid', file: '/usr/lib/apache2/modules/mod_fcgid.so' },
