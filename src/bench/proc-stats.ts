@@ -85,14 +85,12 @@ export function readAllStats(): Map<number, ProcStat> {
   return all;
 }
 
-/** The roots and all their descendants (zombies included: their CPU has not moved to the parent yet). */
-export function treeOf(roots: readonly number[], all?: Map<number, ProcStat>): ProcStat[] {
-  if (!all) {
-    // Walking down from the roots reads a few files; scanning all of /proc reads hundreds, and a
-    // sampler that runs in the load generator's process must not stall it.
-    if (childListsAvailable()) return walkTree(roots);
-    all = readAllStats();
-  }
+/**
+ * The roots and all their descendants (zombies included: their CPU has not moved to the parent
+ * yet), from a scan of all of /proc: complete, unlike the kernel's per-thread children lists, which
+ * may leave out live children while others exit (proc(5)).
+ */
+export function treeOf(roots: readonly number[], all: Map<number, ProcStat> = readAllStats()): ProcStat[] {
   const children = new Map<number, ProcStat[]>();
   for (const stat of all.values()) {
     const list = children.get(stat.ppid);
@@ -140,7 +138,13 @@ function childPidsOf(pid: number): number[] {
   return pids;
 }
 
-function walkTree(roots: readonly number[]): ProcStat[] {
+/**
+ * The tree, walked down from the roots through the children lists: a few files where a scan reads
+ * hundreds, for periodic samples that run in the load generator's process and must not stall it.
+ * Good enough for a peak of RSS; CPU is read at the start and the end from complete scans.
+ */
+function sampleTree(roots: readonly number[]): ProcStat[] {
+  if (!childListsAvailable()) return treeOf(roots);
   const out: ProcStat[] = [];
   const seen = new Set<number>();
   const stack = [...roots];
@@ -222,8 +226,8 @@ export class TreeSampler {
     return tree;
   }
 
-  private sample(): ProcStat[] {
-    const tree = this.observe(treeOf(this.roots));
+  private sample(tree = sampleTree(this.roots)): ProcStat[] {
+    this.observe(tree);
     this.peak = Math.max(this.peak, treeRssBytes(tree));
     this.samples++;
     return tree;
@@ -232,7 +236,7 @@ export class TreeSampler {
   stop(): TreeUsage {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    const tree = this.sample();
+    const tree = this.sample(treeOf(this.roots));
     const ticks = treeCpuTicks(tree) - this.startTicks;
     return { cpuMs: (Math.max(0, ticks) * 1000) / clockTicksPerSecond(), peakRssBytes: this.peak, samples: this.samples };
   }

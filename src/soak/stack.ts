@@ -2,9 +2,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readAllStats, readCmdline } from '../bench/proc-stats.ts';
+import { readCmdline } from '../bench/proc-stats.ts';
 import {
   NGINX_FASTCGI_PARAMS,
+  childPids,
   freePort,
   makeTempDir,
   startNginx,
@@ -40,12 +41,6 @@ export function cliArgs(command: string, args: readonly string[]): { command: st
   return { command: process.execPath, args: ['--import', 'tsx', cliPath, command, ...args] };
 }
 
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const stat of readAllStats().values()) if (stat.ppid === pid && stat.state !== 'Z') out.push(stat.pid);
-  return out;
-}
-
 export interface FcgiStackOptions {
   /** node:cluster workers (1: a single process, no cluster). */
   workers?: number;
@@ -73,7 +68,7 @@ export async function startFcgiStack(options: FcgiStackOptions = {}): Promise<So
     if (workers > 1) {
       // The socket accepts as soon as the primary listens; wait for every worker.
       const deadline = Date.now() + 30_000;
-      while (childrenOf(runner.pid).length < workers && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while (childPids(runner.pid).length < workers && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     }
     nginx = await startNginx({
       workerProcesses: options.nginxWorkers ?? 1,
@@ -104,7 +99,7 @@ server {
     runner: proc,
     nginx: web,
     dir: temp.path,
-    watchedPids: () => [proc.pid, ...childrenOf(proc.pid)],
+    watchedPids: () => [proc.pid, ...childPids(proc.pid)],
     async stop() {
       await web.stop();
       await stopProcess(proc, 'SIGTERM', 10_000);
@@ -154,7 +149,7 @@ export async function startCgiStack(options: CgiStackOptions = {}): Promise<Soak
     nginx: undefined,
     dir: temp.path,
     // The runner, its spawner helpers (when it starts scripts through them) and the esbuild service tsx starts; scripts come and go.
-    watchedPids: () => [proc.pid, ...childrenOf(proc.pid).filter((pid) => /spawner|esbuild/.test(readCmdline(pid)))],
+    watchedPids: () => [proc.pid, ...childPids(proc.pid).filter((pid) => /spawner|esbuild/.test(readCmdline(pid)))],
     async stop() {
       await stopProcess(proc, 'SIGTERM', 10_000);
       await temp.cleanup();
