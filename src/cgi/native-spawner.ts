@@ -17,8 +17,10 @@ interface SpawnAddon extends ReaperCalls {
   livePids(): number[];
   /** Signal dispositions are read again at the next spawn (a signal got a handler). */
   forgetDispositions(): void;
+  /** Where every script's events go, with the target its spawn() was given. */
+  setEventHandler(handler: (target: NativeProcess, kind: number, a: unknown, b: unknown) => void): void;
   /** See spawn.c. */
-  spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, onEvent: (kind: number, a: unknown, b: unknown) => void): ScriptHandle;
+  spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, target: NativeProcess): ScriptHandle;
   pause(handle: ScriptHandle): void;
   resume(handle: ScriptHandle): void;
   closeStdout(handle: ScriptHandle): void;
@@ -49,6 +51,7 @@ export function loadSpawnAddon(): SpawnAddon | Error {
   try {
     const addon = createRequire(import.meta.url)(addonPath) as SpawnAddon;
     addon.check();
+    addon.setEventHandler(deliver);
     // Node installs a signal's handler when it gets its first listener: the addon's list of
     // signals to reset in a new script is then out of date.
     process.on('newListener', (event) => {
@@ -60,6 +63,11 @@ export function loadSpawnAddon(): SpawnAddon | Error {
     loaded = new Error(`cgi: the in-process spawner is not built (${(err as Error).message.split('\n')[0]}); \`npm rebuild\` builds it`);
   }
   return loaded;
+}
+
+/** The addon's event handler: one function for every script (not a closure per spawn). */
+function deliver(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
+  proc.spawner.onEvent(proc, kind, a, b);
 }
 
 const pipeWindow = 64 * 1024;
@@ -107,7 +115,12 @@ class NativeProcess implements ScriptProcess {
   /** The last signal asked for before the pid was known. */
   private pendingSignal: NodeJS.Signals | undefined;
 
-  constructor(readonly addon: SpawnAddon, hasStdin: boolean) {
+  constructor(
+    readonly addon: SpawnAddon,
+    /** @internal the spawner that started it, which gets its events first. */
+    readonly spawner: NativeSpawner,
+    hasStdin: boolean,
+  ) {
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
     this.stdout = new ScriptOutput(this);
     this.stdout.on('error', () => {});
@@ -203,7 +216,7 @@ export class NativeSpawner implements Spawner {
   }
 
   spawn(request: SpawnRequest): ScriptProcess {
-    const proc = new NativeProcess(this.addon, request.stdin);
+    const proc = new NativeProcess(this.addon, this, request.stdin);
     // One string of NUL-terminated entries: one copy out of JS in the addon. (The host has refused
     // names and values that hold a NUL.)
     let env = '';
@@ -217,7 +230,7 @@ export class NativeSpawner implements Spawner {
     this.busy++;
     proc.busy = true;
     try {
-      proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, (kind, a, b) => this.onEvent(proc, kind, a, b));
+      proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, proc);
     } catch (err) {
       // Refused before any spawn (out of memory): as a failed start, so nothing waits for it.
       this.onEvent(proc, Event.Failed, `cannot start ${request.file}: ${(err as Error).message}`, undefined);
@@ -225,7 +238,8 @@ export class NativeSpawner implements Spawner {
     return proc;
   }
 
-  private onEvent(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
+  /** @internal the addon's events for one of this spawner's scripts (see deliver). */
+  onEvent(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
     if (kind === Event.Batch) {
       const events = a as unknown[];
       for (let i = 0; i < events.length; i += 3) this.onEvent(proc, events[i] as Event, events[i + 1], events[i + 2]);

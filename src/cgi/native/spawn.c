@@ -53,8 +53,8 @@ typedef struct queued_event {
 
 typedef struct script {
   napi_env env;
-  napi_ref on_event;
-  napi_async_context context;
+  /* What the events are for: handed back to the event handler as its first argument. */
+  napi_ref target;
   napi_async_work work;
   /* The spawn's inputs, copied out of JS (a worker thread may use them). */
   char *file;
@@ -85,6 +85,8 @@ typedef struct script {
      none can and JS has let go of its handle. */
   int sources;
   bool js_held;
+  /* The spawn completes inside spawn(): JS is already running, so its events are plain calls. */
+  bool inside_js;
 } script;
 
 static _Thread_local char read_buffer[READ_SIZE];
@@ -224,26 +226,51 @@ static void free_script(script *s) {
 static void release(script *s, bool from_js) {
   if (from_js) s->js_held = false;
   else if (--s->sources == 0) {
-    // No event can follow: drop the callback, which also lets the JS handle be collected (the
-    // callback's closure holds it).
-    napi_delete_reference(s->env, s->on_event);
-    napi_async_destroy(s->env, s->context);
+    // No event can follow: let go of the target, which also lets the JS handle be collected (the
+    // target holds it).
+    napi_delete_reference(s->env, s->target);
   }
   if (s->sources == 0 && !s->js_held) free_script(s);
 }
 
-/** Calls onEvent(kind, a, b) from the event loop, running the microtasks it queues (as libuv's own callbacks do). */
+/**
+ * The event handler and the one async context its calls run in, per Node environment (worker
+ * threads have their own). One handler for every script rather than a closure each: a closure and
+ * an async resource per script were allocated in JS, held by handles from here, for every request.
+ */
+typedef struct {
+  napi_ref handler;
+  napi_async_context context;
+} addon_state;
+
+static void free_state(napi_env env, void *data, void *hint) {
+  (void)hint;
+  addon_state *state = data;
+  if (state->handler) napi_delete_reference(env, state->handler);
+  if (state->context) napi_async_destroy(env, state->context);
+  free(state);
+}
+
+/**
+ * Calls handler(target, kind, a, b). From the event loop it is a callback of its own, running the
+ * microtasks it queues (as libuv's own callbacks do); from inside spawn() JS is already running,
+ * and it is a plain call.
+ */
 static void emit(script *s, enum event_kind kind, napi_value a, napi_value b) {
   napi_env env = s->env;
-  napi_value callback, resource, argv[3], result;
-  napi_get_reference_value(env, s->on_event, &callback);
-  napi_get_global(env, &resource);
-  napi_create_int32(env, kind, &argv[0]);
-  if (a) argv[1] = a;
-  else napi_get_undefined(env, &argv[1]);
-  if (b) argv[2] = b;
-  else napi_get_undefined(env, &argv[2]);
-  if (napi_make_callback(env, s->context, resource, callback, 3, argv, &result) == napi_pending_exception) {
+  addon_state *state = NULL;
+  napi_get_instance_data(env, (void **)&state);
+  napi_value callback, recv, undefined, argv[4], result;
+  napi_get_reference_value(env, state->handler, &callback);
+  napi_get_reference_value(env, s->target, &argv[0]);
+  napi_get_global(env, &recv); /* napi_make_callback wants an object */
+  napi_get_undefined(env, &undefined);
+  napi_create_int32(env, kind, &argv[1]);
+  argv[2] = a ? a : undefined;
+  argv[3] = b ? b : undefined;
+  napi_status status = s->inside_js ? napi_call_function(env, recv, callback, 4, argv, &result)
+                                     : napi_make_callback(env, state->context, recv, callback, 4, argv, &result);
+  if (status == napi_pending_exception) {
     // An exception thrown by the handler is the runner's bug: surface it as Node would.
     napi_value exception;
     napi_get_and_clear_last_exception(env, &exception);
@@ -617,20 +644,57 @@ static script *script_arg(napi_env env, napi_callback_info info) {
 }
 
 /**
- * spawn(file, argv, env, cwd, withStdin, inThread, onEvent) → handle, env being "NAME=value\0" entries in one string
+ * setEventHandler(handler): the function every script's events go to, as handler(target, kind, a, b)
+ * with the target given to spawn(). Called once, before the first spawn.
+ */
+static napi_value set_event_handler(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value handler;
+  napi_get_cb_info(env, info, &argc, &handler, NULL, NULL);
+  napi_valuetype type = napi_undefined;
+  if (argc < 1 || napi_typeof(env, handler, &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "setEventHandler(handler)");
+    return NULL;
+  }
+  addon_state *state = NULL;
+  napi_get_instance_data(env, (void **)&state);
+  if (!state) {
+    if (!(state = calloc(1, sizeof *state))) {
+      napi_throw_error(env, NULL, "cgi: out of memory");
+      return NULL;
+    }
+    napi_value resource, name;
+    napi_create_object(env, &resource);
+    napi_create_string_utf8(env, "cgi-script", NAPI_AUTO_LENGTH, &name);
+    napi_async_init(env, resource, name, &state->context);
+    napi_set_instance_data(env, state, free_state, NULL);
+  }
+  if (state->handler) napi_delete_reference(env, state->handler);
+  napi_create_reference(env, handler, 1, &state->handler);
+  return NULL;
+}
+
+/**
+ * spawn(file, argv, env, cwd, withStdin, inThread, target) → handle, env being "NAME=value\0" entries in one string
  * The script leads a new session (its own process group), starts in cwd with every signal at its
  * default and none blocked, and inherits no descriptor but 0, 1 and 2; without stdin it reads
- * /dev/null. onEvent(kind, a, b) reports, in order: started (pid, stdin fd or -1) or failed
- * (reason); then stdout and stderr chunks and their ends, and the exit (wait status, group still
- * alive), the last three in any order. With inThread the spawn runs on a worker thread; otherwise
- * "started" or "failed" comes before spawn returns.
+ * /dev/null. The event handler gets (target, kind, a, b): in order, started (pid, stdin fd or -1)
+ * or failed (reason); then stdout and stderr chunks and their ends, and the exit (wait status,
+ * group still alive), the last three in any order. With inThread the spawn runs on a worker
+ * thread; otherwise "started" or "failed" comes before spawn returns.
  */
 static napi_value spawn_script(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value args[7];
   napi_get_cb_info(env, info, &argc, args, NULL, NULL);
   if (argc < 7) {
-    napi_throw_type_error(env, NULL, "spawn(file, argv, env, cwd, withStdin, inThread, onEvent)");
+    napi_throw_type_error(env, NULL, "spawn(file, argv, env, cwd, withStdin, inThread, target)");
+    return NULL;
+  }
+  addon_state *state = NULL;
+  napi_get_instance_data(env, (void **)&state);
+  if (!state || !state->handler) {
+    napi_throw_error(env, NULL, "cgi: setEventHandler() must come before spawn()");
     return NULL;
   }
   script *s = calloc(1, sizeof *s);
@@ -654,18 +718,19 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "cgi: cannot read the spawn arguments");
     return NULL;
   }
-  napi_value handle, name;
-  napi_create_reference(env, args[6], 1, &s->on_event);
-  napi_create_string_utf8(env, "cgi-script", NAPI_AUTO_LENGTH, &name);
-  napi_async_init(env, NULL, name, &s->context);
+  napi_value handle;
+  napi_create_reference(env, args[6], 1, &s->target);
   s->js_held = true;
   napi_create_external(env, s, finalize_handle, NULL, &handle);
-  if (in_thread && napi_create_async_work(env, NULL, name, execute_spawn, complete_spawn, s, &s->work) == napi_ok &&
-      napi_queue_async_work(env, s->work) == napi_ok) {
-    return handle;
+  if (in_thread) {
+    napi_value name;
+    napi_create_string_utf8(env, "cgi-spawn", NAPI_AUTO_LENGTH, &name);
+    if (napi_create_async_work(env, NULL, name, execute_spawn, complete_spawn, s, &s->work) == napi_ok && napi_queue_async_work(env, s->work) == napi_ok) return handle;
   }
   run_spawn(s);
+  s->inside_js = true;
   complete_spawn(env, napi_ok, s);
+  s->inside_js = false;
   return handle;
 }
 
@@ -775,6 +840,7 @@ static napi_value check(napi_env env, napi_callback_info info) {
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor methods[] = {
+      {"setEventHandler", NULL, set_event_handler, NULL, NULL, NULL, napi_default, NULL},
       {"spawn", NULL, spawn_script, NULL, NULL, NULL, napi_default, NULL},
       {"pause", NULL, pause_stdout, NULL, NULL, NULL, napi_default, NULL},
       {"resume", NULL, resume_stdout, NULL, NULL, NULL, napi_default, NULL},
