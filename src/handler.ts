@@ -37,10 +37,40 @@ export async function loadApp(file: string): Promise<App> {
   return candidate as App;
 }
 
+/** What has an abort signal, perhaps built only when read: a LazyAbort, an AbortController. */
+export interface SignalSource {
+  readonly signal: AbortSignal;
+}
+
+/**
+ * An app's context whose `signal` is built only when the app reads it (see LazyAbort). A class, so
+ * that the getter is on the prototype: a getter in an object literal gives each object a map of its
+ * own, and maps live in V8's old generation, where they keep every request's objects alive through
+ * young-generation collections (see the request object in src/http/server.ts).
+ */
+export class LazyAppContext implements AppContext {
+  readonly #abort: SignalSource;
+
+  constructor(
+    readonly params: Record<string, string>,
+    readonly role: Role,
+    abort: SignalSource,
+    readonly stderr?: (message: string) => void,
+    readonly requestId?: number,
+  ) {
+    this.#abort = abort;
+  }
+
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+}
+
 /** Inputs of a lazy request: the params, and the body as a stream factory so GET requests never build one. */
 export interface LazyRequestInit {
   params: Record<string, string>;
-  signal: AbortSignal;
+  /** Its signal is read only when the app reads the request's. */
+  abort: SignalSource;
   /** Called at most once, when the app first touches the body. null means no body. */
   body: (() => ReadableStream<Uint8Array> | null) | null;
 }
@@ -153,7 +183,7 @@ function realRequest(self: LazyRequestFields & LazyRequest): Request {
       method,
       headers: self.headers,
       body,
-      signal: init.signal,
+      signal: init.abort.signal,
       // Required by undici for a streamed body: the request body is sent while the response may already flow.
       ...(body ? { duplex: 'half' } : {}),
     } as RequestInit);
@@ -192,7 +222,7 @@ const lazyRequestPrototype: object = Object.create(Request.prototype, {
   },
   signal: {
     get(this: LazyRequestFields) {
-      return this[kInit].signal;
+      return this[kInit].abort.signal;
     },
   },
   [Symbol.toStringTag]: { value: 'Request' },

@@ -63,7 +63,7 @@ test('the Request is lazy: no param is read, no header built and no body opened 
   let bodyOpened = 0;
   const request = createLazyRequest({
     params,
-    signal: new AbortController().signal,
+    abort: new AbortController(),
     body: () => {
       bodyOpened++;
       return new ReadableStream({

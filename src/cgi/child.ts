@@ -65,7 +65,7 @@ export async function runCgi(app: App): Promise<void> {
   const hasBody = Number.isSafeInteger(length) && length > 0;
   const request = createLazyRequest({
     params,
-    signal: controller.signal,
+    abort: controller,
     body: hasBody ? () => stdinBody(length) : null,
   });
   const context: AppContext = { params, role: 'responder', signal: controller.signal };

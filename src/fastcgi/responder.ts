@@ -1,6 +1,6 @@
 // The application side of FastCGI (§6.2 Responder, §6.3 Authorizer): decodes requests from a connection, calls the app, writes records back.
 import type { Socket } from 'node:net';
-import { createLazyRequest, type App, type AppContext, type Role } from '../handler.ts';
+import { createLazyRequest, LazyAppContext, type App, type Role } from '../handler.ts';
 import { logAccess, logError } from '../log.ts';
 import { lightweightParts } from '../lightweight-response.ts';
 import { cgiHeaderBlock, plainBody } from '../response-output.ts';
@@ -377,22 +377,8 @@ export class ResponderConnection {
     const abort = request.controller;
     const stdin = request.stdin;
     const role = roleNames[request.role];
-    const appRequest = createLazyRequest({
-      params,
-      get signal() {
-        return abort.signal;
-      },
-      body: stdin ? () => stdin.toStream() : null,
-    });
-    const context: AppContext = {
-      params,
-      role,
-      get signal() {
-        return abort.signal;
-      },
-      stderr: (message: string) => this.stderr(request, message),
-      requestId: request.id,
-    };
+    const appRequest = createLazyRequest({ params, abort, body: stdin ? () => stdin.toStream() : null });
+    const context = new LazyAppContext(params, role, abort, (message: string) => this.stderr(request, message), request.id);
     let result: Response | Promise<Response>;
     try {
       result = this.responder.app.fetch(appRequest, context);

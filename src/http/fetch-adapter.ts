@@ -1,7 +1,7 @@
 // Serves a Fetch-style app on node:http directly (no gateway): the "same app, plain node:http" comparison.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { createLazyRequest, type App, type AppContext } from '../handler.ts';
+import { createLazyRequest, LazyAppContext, type App } from '../handler.ts';
 import { LazyAbort } from '../lazy-abort.ts';
 import { lightweightParts, type LightweightParts } from '../lightweight-response.ts';
 import { forEachLightweightHeader, plainBody } from '../response-output.ts';
@@ -54,20 +54,8 @@ export function fetchRequestListener(app: App): (req: IncomingMessage, res: Serv
     res.on('close', () => {
       if (!res.writableFinished) abort.abort(new Error('client closed the connection'));
     });
-    const request = createLazyRequest({
-      params,
-      get signal() {
-        return abort.signal;
-      },
-      body: () => Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>,
-    });
-    const context: AppContext = {
-      params,
-      role: 'responder',
-      get signal() {
-        return abort.signal;
-      },
-    };
+    const request = createLazyRequest({ params, abort, body: () => Readable.toWeb(req) as unknown as ReadableStream<Uint8Array> });
+    const context = new LazyAppContext(params, 'responder', abort);
     Promise.resolve()
       .then(() => app.fetch(request, context))
       .then(async (response) => {

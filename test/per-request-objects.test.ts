@@ -1,0 +1,102 @@
+// The objects made for every request (the HTTP front's request, an app's request and context, over node:http and FastCGI) hold no accessor of their own: V8 keeps an object's own getter in an old-generation AccessorPair, which kept every request's objects alive through young-generation collections (scavenges of 10 to 20 ms, everything promoted).
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { FastCGIClient } from '../src/fastcgi/client.ts';
+import { Responder } from '../src/fastcgi/responder.ts';
+import { startResponderServer } from '../src/fastcgi/server.ts';
+import type { App, AppContext } from '../src/handler.ts';
+import { fetchRequestListener } from '../src/http/fetch-adapter.ts';
+import { createHttpFront, type RouteRequest } from '../src/http/server.ts';
+
+/** The names of the object's own properties that are accessors (a getter or a setter). */
+function ownAccessors(object: object): string[] {
+  return Object.entries(Object.getOwnPropertyDescriptors(object))
+    .filter(([, descriptor]) => descriptor.get !== undefined || descriptor.set !== undefined)
+    .map(([name]) => name);
+}
+
+function get(port: number, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      })
+      .on('error', reject);
+  });
+}
+
+const seen: Array<{ request: Request; context: AppContext }> = [];
+const app: App = {
+  fetch(request, context) {
+    seen.push({ request, context });
+    return new Response('ok\n');
+  },
+};
+
+test('the HTTP front: the request a route gets', async () => {
+  const requests: RouteRequest[] = [];
+  const front = createHttpFront({
+    routes: [
+      {
+        prefix: '/r',
+        handle(request) {
+          requests.push(request);
+          request.error(404);
+        },
+      },
+    ],
+  });
+  const { port } = await front.listen(0, '127.0.0.1');
+  try {
+    assert.equal(await get(port, '/r'), 404);
+  } finally {
+    await front.stop(1000);
+  }
+  assert.equal(requests.length, 1);
+  assert.deepEqual(ownAccessors(requests[0]!), []);
+  assert.equal(requests[0]!.redirects, 0);
+});
+
+test("an app's request and context on node:http (the fetch adapter)", async () => {
+  seen.length = 0;
+  const server = http.createServer(fetchRequestListener(app));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    assert.equal(await get((server.address() as AddressInfo).port, '/a'), 200);
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+  assert.equal(seen.length, 1);
+  const { request, context } = seen[0]!;
+  assert.deepEqual(ownAccessors(request), []);
+  assert.deepEqual(ownAccessors(context), []);
+  // Still there, read through the prototype: the same signal for both.
+  assert.ok(context.signal instanceof AbortSignal);
+  assert.equal(request.signal, context.signal);
+});
+
+test("an app's request and context over FastCGI (the responder)", async () => {
+  seen.length = 0;
+  const responder = new Responder(app, { accessLog: false, target: 'per-request-objects' });
+  const server = await startResponderServer(responder, { kind: 'tcp', host: '127.0.0.1', port: 0 }, 0o660);
+  const client = new FastCGIClient({ address: { kind: 'tcp', host: '127.0.0.1', port: (server.server.address() as AddressInfo).port } });
+  try {
+    const response = await client.request({ params: { REQUEST_METHOD: 'GET', SCRIPT_NAME: '/f', REQUEST_URI: '/f', SERVER_PROTOCOL: 'HTTP/1.1' } });
+    response.body.resume();
+    await new Promise((resolve) => response.body.once('end', resolve));
+    assert.equal(response.status, 200);
+  } finally {
+    client.close();
+    await server.stop(100);
+  }
+  assert.equal(seen.length, 1);
+  const { request, context } = seen[0]!;
+  assert.deepEqual(ownAccessors(request), []);
+  assert.deepEqual(ownAccessors(context), []);
+  assert.equal(context.role, 'responder');
+  assert.equal(typeof context.requestId, 'number');
+  assert.equal(request.signal, context.signal);
+});
