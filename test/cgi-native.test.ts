@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
+import { loadSpawnAddon, NativeSpawner } from '../src/cgi/native-spawner.ts';
 import { get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
 
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;
@@ -110,3 +110,51 @@ describe('the in-process spawner', { skip: unavailable instanceof Error && !proc
 const earlierChild = spawn('sleep', ['60'], { stdio: 'ignore' });
 earlierChild.unref();
 process.once('exit', () => earlierChild.kill('SIGKILL'));
+
+describe("a script's output is first read when it exits, or once firstReadDelayMs has passed", { skip: unavailable instanceof Error && !process.env.CI ? `${(unavailable as Error).message}` : false }, () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync('/tmp/cgi-first-read-');
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  /** Runs a script through a spawner of its own: when each chunk of stdout arrived (ms after the spawn), the whole output, and the exit. */
+  async function run(body: string, firstReadDelayMs: number) {
+    const file = path.join(dir, `s${Math.random().toString(36).slice(2)}.sh`);
+    fs.writeFileSync(file, sh(body), { mode: 0o755 });
+    const spawner = new NativeSpawner(unavailable as Exclude<typeof unavailable, Error>, { firstReadDelayMs });
+    try {
+      const started = performance.now();
+      const proc = spawner.spawn({ file, argv: [file], cwd: dir, env: { PATH: '/usr/bin:/bin' }, stdin: false });
+      const chunks: Array<{ at: number; text: string }> = [];
+      proc.stdout.on('data', (chunk: Buffer) => chunks.push({ at: performance.now() - started, text: chunk.toString() }));
+      await new Promise((resolve) => proc.stdout.once('end', resolve));
+      const ended = performance.now() - started;
+      return { chunks, output: chunks.map((c) => c.text).join(''), ended, exit: await proc.exited };
+    } finally {
+      await spawner.close();
+    }
+  }
+
+  test('a script that exits sooner is read then, all at once: its exit ends the wait', async () => {
+    const { output, ended, exit } = await run(`printf 'one\\n'; printf 'two\\n'`, 5000);
+    assert.equal(output, 'one\ntwo\n');
+    assert.ok(ended < 2500, `read ${ended.toFixed(0)} ms after the start: the exit should have ended the 5 s wait`);
+    assert.equal(exit.code, 0);
+  });
+
+  test('a script still running when the delay has passed is read as it writes', async () => {
+    const { chunks, output } = await run(`printf 'first\\n'; sleep 3; printf 'second\\n'`, 200);
+    assert.equal(output, 'first\nsecond\n');
+    assert.equal(chunks[0]!.text, 'first\n');
+    assert.ok(chunks[0]!.at >= 150 && chunks[0]!.at < 2500, `first bytes after ${chunks[0]!.at.toFixed(0)} ms: not before the delay, long before the script's end`);
+  });
+
+  test('output that a background job still writes after the script has exited is read to its end', async () => {
+    // The script exits long before the delay; its pipe stays open in the background job (for less
+    // than the 0.2 s after which the orphan sweep ends what a finished script left running).
+    const { output, exit } = await run(`printf 'early\\n'; (sleep 0.05; printf 'late\\n') &`, 5000);
+    assert.equal(output, 'early\nlate\n');
+    assert.equal(exit.code, 0);
+  });
+});

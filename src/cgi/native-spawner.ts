@@ -20,7 +20,7 @@ interface SpawnAddon extends ReaperCalls {
   /** Where every script's events go, with the target its spawn() was given. */
   setEventHandler(handler: (target: NativeProcess, kind: number, a: unknown, b: unknown) => void): void;
   /** See spawn.c. */
-  spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, target: NativeProcess): ScriptHandle;
+  spawn(file: string, argv: readonly string[], env: string, cwd: string, withStdin: boolean, inThread: boolean, target: NativeProcess, firstReadDelayMs: number): ScriptHandle;
   pause(handle: ScriptHandle): void;
   resume(handle: ScriptHandle): void;
   closeStdout(handle: ScriptHandle): void;
@@ -211,7 +211,18 @@ export class NativeSpawner implements Spawner {
   private busy = 0;
   private readonly orphans: OrphanReaper;
 
-  constructor(private readonly addon: SpawnAddon) {
+  /**
+   * How long after its start a script's output is first read, unless it exits sooner: then its
+   * whole output, the ends of its pipes and its exit reach JS at once, and a small answer goes out
+   * whole, in one write with its length (see watch() in spawn.c). Longer, and streaming starts late.
+   */
+  readonly firstReadDelayMs: number;
+
+  constructor(
+    private readonly addon: SpawnAddon,
+    options: { firstReadDelayMs?: number } = {},
+  ) {
+    this.firstReadDelayMs = options.firstReadDelayMs ?? 2;
     this.orphans = OrphanReaper.acquire(addon);
   }
 
@@ -230,7 +241,7 @@ export class NativeSpawner implements Spawner {
     this.busy++;
     proc.busy = true;
     try {
-      proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, proc);
+      proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, proc, this.firstReadDelayMs);
     } catch (err) {
       // Refused before any spawn (out of memory): as a failed start, so nothing waits for it.
       this.onEvent(proc, Event.Failed, `cannot start ${request.file}: ${(err as Error).message}`, undefined);

@@ -71,8 +71,11 @@ typedef struct script {
   uv_pipe_t out;
   uv_pipe_t err;
   uv_poll_t exit_poll;
+  uv_timer_t first_read; /* ends the wait before the pipes are first read */
   int pidfd;
   bool out_open;
+  bool reading_deferred; /* the pipes are not read yet: see watch() */
+  uint32_t first_read_delay_ms;
   /* Events read during this turn of the loop, delivered together once the poll phase is over. */
   queued_event *queue_head;
   queued_event *queue_tail;
@@ -332,7 +335,7 @@ static void flush_pending(uv_check_t *check) {
     napi_close_handle_scope(env, scope);
     if (s->held) {
       s->held = false;
-      if (s->out_open && !s->js_paused) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+      if (s->out_open && !s->js_paused && !s->reading_deferred) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
     }
     // The hold queue() took: the script may be freed now if its handles have closed meanwhile.
     release(s, false);
@@ -405,6 +408,49 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
+/** Starts libuv's reading of stdout (unless JS or the queue holds it) and stderr. */
+static void start_reading(script *s) {
+  if (s->out_open && !s->held && !s->js_paused) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+  uv_read_start((uv_stream_t *)&s->err, on_alloc, on_read);
+}
+
+/**
+ * Reads what a pipe holds now, as libuv's reading would (on_read), up to its end. A pipe that is
+ * still open (a process the script left behind holds it) is then read by libuv as usual.
+ */
+static void drain_pipe(script *s, uv_stream_t *stream) {
+  bool is_out = stream == (uv_stream_t *)&s->out;
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)stream, &fd) != 0) return;
+  for (;;) {
+    if (is_out && s->held) return; /* flush_pending() starts libuv's reading once the queue is delivered */
+    ssize_t n = read(fd, read_buffer, READ_SIZE);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      uv_read_start(stream, on_alloc, on_read);
+      return;
+    }
+    uv_buf_t buf = uv_buf_init(read_buffer, READ_SIZE);
+    on_read(stream, n > 0 ? n : n == 0 ? UV_EOF : -errno, &buf);
+    if (n <= 0) return; /* the end (or a read error, taken as the end): on_read closed the handle */
+  }
+}
+
+/** The wait is over, or the script has exited: the pipes are read from now on. */
+static void end_deferral(script *s, bool exited) {
+  if (!s->reading_deferred) return;
+  s->reading_deferred = false;
+  uv_timer_stop(&s->first_read);
+  uv_close((uv_handle_t *)&s->first_read, on_handle_closed);
+  if (!exited) return start_reading(s);
+  if (s->out_open) drain_pipe(s, (uv_stream_t *)&s->out);
+  drain_pipe(s, (uv_stream_t *)&s->err);
+}
+
+static void on_first_read_due(uv_timer_t *timer) {
+  end_deferral((script *)timer->data, false);
+}
+
 /** The pidfd is readable: the script has exited. Reap it and report (wait status, group still alive). */
 static void on_exit_ready(uv_poll_t *poll, int status, int events) {
   (void)status;
@@ -422,6 +468,9 @@ static void on_exit_ready(uv_poll_t *poll, int status, int events) {
   uv_close((uv_handle_t *)poll, on_handle_closed);
   close(s->pidfd);
   s->pidfd = -1;
+  // A script that exits before its pipes were first read: its whole output, the ends of its pipes
+  // and its exit reach JS together.
+  end_deferral(s, true);
   queue(s, EV_EXIT, NULL, 0, wait_status, group_left);
 }
 
@@ -577,14 +626,20 @@ static int watch(script *s) {
   uv_pipe_init(loop, &s->out, 0);
   uv_pipe_init(loop, &s->err, 0);
   uv_poll_init(loop, &s->exit_poll, s->pidfd);
-  s->out.data = s->err.data = s->exit_poll.data = s;
-  s->sources += 3;
+  uv_timer_init(loop, &s->first_read);
+  s->out.data = s->err.data = s->exit_poll.data = s->first_read.data = s;
+  s->sources += 4;
   uv_pipe_open(&s->out, s->fds[2]);
   uv_pipe_open(&s->err, s->fds[4]);
   s->fds[2] = s->fds[4] = -1; /* owned by the handles now */
   s->out_open = true;
-  uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
-  uv_read_start((uv_stream_t *)&s->err, on_alloc, on_read);
+  // Most scripts write their answer and exit within a millisecond or two. Reading the pipes only
+  // once the script has exited (or firstReadDelayMs has passed) saves a wake-up of the event loop, and a
+  // call into JS, per request: the output, the ends of the pipes and the exit come together, and the
+  // response goes out whole, in one write with its length. A script that takes longer is read as it
+  // writes from then on; a pipe holds 256 KiB, so no script blocks on a full one before that.
+  s->reading_deferred = true;
+  uv_timer_start(&s->first_read, on_first_read_due, s->first_read_delay_ms, 0);
   uv_poll_start(&s->exit_poll, UV_READABLE, on_exit_ready);
   return 0;
 }
@@ -675,20 +730,21 @@ static napi_value set_event_handler(napi_env env, napi_callback_info info) {
 }
 
 /**
- * spawn(file, argv, env, cwd, withStdin, inThread, target) → handle, env being "NAME=value\0" entries in one string
+ * spawn(file, argv, env, cwd, withStdin, inThread, target, firstReadDelayMs) → handle, env being "NAME=value\0" entries in one string
  * The script leads a new session (its own process group), starts in cwd with every signal at its
  * default and none blocked, and inherits no descriptor but 0, 1 and 2; without stdin it reads
  * /dev/null. The event handler gets (target, kind, a, b): in order, started (pid, stdin fd or -1)
  * or failed (reason); then stdout and stderr chunks and their ends, and the exit (wait status,
  * group still alive), the last three in any order. With inThread the spawn runs on a worker
- * thread; otherwise "started" or "failed" comes before spawn returns.
+ * thread; otherwise "started" or "failed" comes before spawn returns. The pipes are first read when
+ * the script exits or firstReadDelayMs after its start, whichever comes first (see watch()).
  */
 static napi_value spawn_script(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value args[7];
+  size_t argc = 8;
+  napi_value args[8];
   napi_get_cb_info(env, info, &argc, args, NULL, NULL);
-  if (argc < 7) {
-    napi_throw_type_error(env, NULL, "spawn(file, argv, env, cwd, withStdin, inThread, target)");
+  if (argc < 8) {
+    napi_throw_type_error(env, NULL, "spawn(file, argv, env, cwd, withStdin, inThread, target, firstReadDelayMs)");
     return NULL;
   }
   addon_state *state = NULL;
@@ -709,6 +765,7 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
   bool in_thread = false;
   napi_get_value_bool(env, args[4], &s->with_stdin);
   napi_get_value_bool(env, args[5], &in_thread);
+  napi_get_value_uint32(env, args[7], &s->first_read_delay_ms);
   s->file = string_arg(env, args[0]);
   s->argv = string_array(env, args[1]);
   s->envp = nul_separated(env, args[2]);
@@ -748,7 +805,7 @@ static napi_value resume_stdout(napi_env env, napi_callback_info info) {
   script *s = script_arg(env, info);
   if (s && s->out_open) {
     s->js_paused = false;
-    if (!s->held) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
+    if (!s->held && !s->reading_deferred) uv_read_start((uv_stream_t *)&s->out, on_alloc, on_read);
   }
   return NULL;
 }
