@@ -150,6 +150,13 @@ describe("a script's output is first read when it exits, or once firstReadDelayM
     assert.ok(chunks[0]!.at >= 150 && chunks[0]!.at < 2500, `first bytes after ${chunks[0]!.at.toFixed(0)} ms: not before the delay, long before the script's end`);
   });
 
+  test('a script that filled its pipe (256 KiB) before exiting: all of it arrives, then the end', async () => {
+    const { output, exit } = await run(`head -c 262144 /dev/zero | tr '\\0' x`, 5000);
+    assert.equal(output.length, 262144);
+    assert.match(output, /^x+$/);
+    assert.equal(exit.code, 0);
+  });
+
   test('output that a background job still writes after the script has exited is read to its end', async () => {
     // The script exits long before the delay; its pipe stays open in the background job (for less
     // than the 0.2 s after which the orphan sweep ends what a finished script left running).
