@@ -442,7 +442,10 @@ static void end_deferral(script *s, bool exited) {
   s->reading_deferred = false;
   uv_timer_stop(&s->first_read);
   uv_close((uv_handle_t *)&s->first_read, on_handle_closed);
-  if (!exited) return start_reading(s);
+  if (!exited) {
+    start_reading(s);
+    return;
+  }
   if (s->out_open) drain_pipe(s, (uv_stream_t *)&s->out);
   drain_pipe(s, (uv_stream_t *)&s->err);
 }
