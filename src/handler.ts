@@ -44,21 +44,25 @@ export interface SignalSource {
 
 /**
  * An app's context whose `signal` is built only when the app reads it (see LazyAbort). A class, so
- * that the getter is on the prototype: a getter in an object literal gives each object a map of its
- * own, and maps live in V8's old generation, where they keep every request's objects alive through
- * young-generation collections (see the request object in src/http/server.ts).
+ * that the getter is on the prototype: for a getter in an object literal V8 allocates an
+ * AccessorPair in its old generation, and through the getter's closure it keeps the request's
+ * objects alive through every young-generation collection (see the request object in
+ * src/http/server.ts).
  */
 export class LazyAppContext implements AppContext {
+  readonly params: Record<string, string>;
+  readonly role: Role;
+  // Absent outside FastCGI, as AppContext says: declared, not defined as undefined.
+  declare readonly stderr?: (message: string) => void;
+  declare readonly requestId?: number;
   readonly #abort: SignalSource;
 
-  constructor(
-    readonly params: Record<string, string>,
-    readonly role: Role,
-    abort: SignalSource,
-    readonly stderr?: (message: string) => void,
-    readonly requestId?: number,
-  ) {
+  constructor(params: Record<string, string>, role: Role, abort: SignalSource, stderr?: (message: string) => void, requestId?: number) {
+    this.params = params;
+    this.role = role;
     this.#abort = abort;
+    if (stderr) (this as { stderr?: (message: string) => void }).stderr = stderr;
+    if (requestId !== undefined) (this as { requestId?: number }).requestId = requestId;
   }
 
   get signal(): AbortSignal {

@@ -73,6 +73,9 @@ test("an app's request and context on node:http (the fetch adapter)", async () =
   const { request, context } = seen[0]!;
   assert.deepEqual(ownAccessors(request), []);
   assert.deepEqual(ownAccessors(context), []);
+  // Absent outside FastCGI, as AppContext says.
+  assert.equal('stderr' in context, false);
+  assert.equal('requestId' in context, false);
   // Still there, read through the prototype: the same signal for both.
   assert.ok(context.signal instanceof AbortSignal);
   assert.equal(request.signal, context.signal);
