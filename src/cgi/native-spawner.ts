@@ -222,7 +222,7 @@ export class NativeSpawner implements Spawner {
     private readonly addon: SpawnAddon,
     options: { firstReadDelayMs?: number } = {},
   ) {
-    this.firstReadDelayMs = options.firstReadDelayMs ?? 2;
+    this.firstReadDelayMs = options.firstReadDelayMs ?? 5;
     this.orphans = OrphanReaper.acquire(addon);
   }
 

@@ -636,7 +636,7 @@ static int watch(script *s) {
   uv_pipe_open(&s->err, s->fds[4]);
   s->fds[2] = s->fds[4] = -1; /* owned by the handles now */
   s->out_open = true;
-  // Most scripts write their answer and exit within a millisecond or two. Reading the pipes only
+  // Most small scripts write their answer and exit within a few milliseconds. Reading the pipes only
   // once the script has exited (or firstReadDelayMs has passed) saves a wake-up of the event loop, and a
   // call into JS, per request: the output, the ends of the pipes and the exit come together, and the
   // response goes out whole, in one write with its length. A script that takes longer is read as it
