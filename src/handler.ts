@@ -37,6 +37,8 @@ export async function loadApp(file: string): Promise<App> {
   return candidate as App;
 }
 
+const kAbort = Symbol('abort');
+
 /** What has an abort signal, perhaps built only when read: a LazyAbort, an AbortController. */
 export interface SignalSource {
   readonly signal: AbortSignal;
@@ -55,18 +57,20 @@ export class LazyAppContext implements AppContext {
   // Absent outside FastCGI, as AppContext says: declared, not defined as undefined.
   declare readonly stderr?: (message: string) => void;
   declare readonly requestId?: number;
-  readonly #abort: SignalSource;
+  // A symbol rather than a #private field, so that the getter still works on an object made from
+  // this one (Object.create) or through a Proxy, as it did in a literal.
+  private readonly [kAbort]: SignalSource;
 
   constructor(params: Record<string, string>, role: Role, abort: SignalSource, stderr?: (message: string) => void, requestId?: number) {
     this.params = params;
     this.role = role;
-    this.#abort = abort;
+    this[kAbort] = abort;
     if (stderr) (this as { stderr?: (message: string) => void }).stderr = stderr;
     if (requestId !== undefined) (this as { requestId?: number }).requestId = requestId;
   }
 
   get signal(): AbortSignal {
-    return this.#abort.signal;
+    return this[kAbort].signal;
   }
 }
 

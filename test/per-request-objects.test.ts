@@ -10,11 +10,31 @@ import type { App, AppContext } from '../src/handler.ts';
 import { fetchRequestListener } from '../src/http/fetch-adapter.ts';
 import { createHttpFront, type RouteRequest } from '../src/http/server.ts';
 
-/** The names of the object's own properties that are accessors (a getter or a setter). */
+/** The keys (symbols too) of the object's own properties that are accessors (a getter or a setter). */
 function ownAccessors(object: object): string[] {
-  return Object.entries(Object.getOwnPropertyDescriptors(object))
-    .filter(([, descriptor]) => descriptor.get !== undefined || descriptor.set !== undefined)
-    .map(([name]) => name);
+  const descriptors = Object.getOwnPropertyDescriptors(object);
+  return Reflect.ownKeys(descriptors)
+    .filter((key) => descriptors[key as string]!.get !== undefined || descriptors[key as string]!.set !== undefined)
+    .map(String);
+}
+
+/**
+ * The objects an app's lazy Request is made of: itself and what it was made from (its own
+ * properties that are objects, such as its init; a getter there costs the same).
+ */
+function requestParts(request: Request): object[] {
+  const parts: object[] = [request];
+  for (const key of Reflect.ownKeys(request)) {
+    const value = (request as unknown as Record<PropertyKey, unknown>)[key];
+    if (typeof value === 'object' && value !== null) parts.push(value);
+  }
+  return parts;
+}
+
+/** The context's signal is found wherever a getter in a literal would have been: through a derived object and a Proxy. */
+function assertSignalReachable(context: AppContext): void {
+  assert.equal((Object.create(context) as AppContext).signal, context.signal);
+  assert.equal(new Proxy(context, {}).signal, context.signal);
 }
 
 function get(port: number, path: string): Promise<number> {
@@ -71,8 +91,10 @@ test("an app's request and context on node:http (the fetch adapter)", async () =
   }
   assert.equal(seen.length, 1);
   const { request, context } = seen[0]!;
-  assert.deepEqual(ownAccessors(request), []);
+  assert.ok(requestParts(request).length > 1, "the lazy request's init is among its parts");
+  for (const part of requestParts(request)) assert.deepEqual(ownAccessors(part), []);
   assert.deepEqual(ownAccessors(context), []);
+  assertSignalReachable(context);
   // Absent outside FastCGI, as AppContext says.
   assert.equal('stderr' in context, false);
   assert.equal('requestId' in context, false);
@@ -97,8 +119,10 @@ test("an app's request and context over FastCGI (the responder)", async () => {
   }
   assert.equal(seen.length, 1);
   const { request, context } = seen[0]!;
-  assert.deepEqual(ownAccessors(request), []);
+  assert.ok(requestParts(request).length > 1, "the lazy request's init is among its parts");
+  for (const part of requestParts(request)) assert.deepEqual(ownAccessors(part), []);
   assert.deepEqual(ownAccessors(context), []);
+  assertSignalReachable(context);
   assert.equal(context.role, 'responder');
   assert.equal(typeof context.requestId, 'number');
   assert.equal(request.signal, context.signal);

@@ -416,15 +416,22 @@ static void start_reading(script *s) {
 
 /**
  * Reads what a pipe holds now, as libuv's reading would (on_read), up to its end. A pipe that is
- * still open (a process the script left behind holds it) is then read by libuv as usual.
+ * still open (a process the script left behind holds it) is then read by libuv as usual, and so is
+ * one that still has data after a pipe's worth: a background job that keeps writing must not hold
+ * the event loop here.
  */
 static void drain_pipe(script *s, uv_stream_t *stream) {
   bool is_out = stream == (uv_stream_t *)&s->out;
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)stream, &fd) != 0) return;
-  for (;;) {
+  for (size_t drained = 0;;) {
     if (is_out && s->held) return; /* flush_pending() starts libuv's reading once the queue is delivered */
+    if (drained >= STDOUT_PIPE_SIZE) {
+      uv_read_start(stream, on_alloc, on_read);
+      return;
+    }
     ssize_t n = read(fd, read_buffer, READ_SIZE);
+    if (n > 0) drained += (size_t)n;
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) {
       uv_read_start(stream, on_alloc, on_read);
@@ -721,10 +728,10 @@ static napi_value set_event_handler(napi_env env, napi_callback_info info) {
       napi_throw_error(env, NULL, "cgi: out of memory");
       return NULL;
     }
-    napi_value resource, name;
-    napi_create_object(env, &resource);
+    napi_value name;
     napi_create_string_utf8(env, "cgi-script", NAPI_AUTO_LENGTH, &name);
-    napi_async_init(env, resource, name, &state->context);
+    // No resource of ours: Node then makes one and keeps it for the context's life.
+    napi_async_init(env, NULL, name, &state->context);
     napi_set_instance_data(env, state, free_state, NULL);
   }
   if (state->handler) napi_delete_reference(env, state->handler);
