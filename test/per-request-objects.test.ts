@@ -31,10 +31,22 @@ function requestParts(request: Request): object[] {
   return parts;
 }
 
-/** The context's signal is found wherever a getter in a literal would have been: through a derived object and a Proxy. */
-function assertSignalReachable(context: AppContext): void {
+/**
+ * The one request the app saw: no accessor of its own on the request, its parts or the context;
+ * the context's signal found wherever a getter in a literal would have been (through a derived
+ * object and a Proxy), and the same as the request's.
+ */
+function checkedAppRequest(): { request: Request; context: AppContext } {
+  assert.equal(seen.length, 1);
+  const { request, context } = seen[0]!;
+  assert.ok(requestParts(request).length > 1, "the lazy request's init is among its parts");
+  for (const part of requestParts(request)) assert.deepEqual(ownAccessors(part), []);
+  assert.deepEqual(ownAccessors(context), []);
+  assert.ok(context.signal instanceof AbortSignal);
   assert.equal((Object.create(context) as AppContext).signal, context.signal);
   assert.equal(new Proxy(context, {}).signal, context.signal);
+  assert.equal(request.signal, context.signal);
+  return { request, context };
 }
 
 function get(port: number, path: string): Promise<number> {
@@ -89,18 +101,10 @@ test("an app's request and context on node:http (the fetch adapter)", async () =
   } finally {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
-  assert.equal(seen.length, 1);
-  const { request, context } = seen[0]!;
-  assert.ok(requestParts(request).length > 1, "the lazy request's init is among its parts");
-  for (const part of requestParts(request)) assert.deepEqual(ownAccessors(part), []);
-  assert.deepEqual(ownAccessors(context), []);
-  assertSignalReachable(context);
+  const { context } = checkedAppRequest();
   // Absent outside FastCGI, as AppContext says.
   assert.equal('stderr' in context, false);
   assert.equal('requestId' in context, false);
-  // Still there, read through the prototype: the same signal for both.
-  assert.ok(context.signal instanceof AbortSignal);
-  assert.equal(request.signal, context.signal);
 });
 
 test("an app's request and context over FastCGI (the responder)", async () => {
@@ -117,13 +121,7 @@ test("an app's request and context over FastCGI (the responder)", async () => {
     client.close();
     await server.stop(100);
   }
-  assert.equal(seen.length, 1);
-  const { request, context } = seen[0]!;
-  assert.ok(requestParts(request).length > 1, "the lazy request's init is among its parts");
-  for (const part of requestParts(request)) assert.deepEqual(ownAccessors(part), []);
-  assert.deepEqual(ownAccessors(context), []);
-  assertSignalReachable(context);
+  const { context } = checkedAppRequest();
   assert.equal(context.role, 'responder');
   assert.equal(typeof context.requestId, 'number');
-  assert.equal(request.signal, context.signal);
 });
