@@ -256,12 +256,16 @@ function chunkedPost(port: number, target: string, bytes: number): Promise<{ sta
     socket.write(`POST ${target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`);
     const piece = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(65536, 0x61), Buffer.from('\r\n')]);
     let left = Math.ceil(bytes / 65536);
+    // One piece per turn of the event loop, the socket read in between, and none once an answer
+    // has come: the server may answer (507) and close before the whole body is sent, and a write
+    // after its close fails with EPIPE, which destroys the socket with that answer still unread
+    // unless it was read before.
     const pump = () => {
-      while (left > 0 && !socket.destroyed) {
-        left--;
-        if (!socket.write(piece)) return void socket.once('drain', pump);
-      }
-      if (!socket.destroyed) socket.write('0\r\n\r\n');
+      if (socket.destroyed || text) return;
+      if (left === 0) return void socket.write('0\r\n\r\n');
+      left--;
+      if (socket.write(piece)) setImmediate(pump);
+      else socket.once('drain', pump);
     };
     pump();
   });
