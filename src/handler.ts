@@ -40,7 +40,7 @@ export async function loadApp(file: string): Promise<App> {
 const kAbort = Symbol('abort');
 
 /** What has an abort signal, perhaps built only when read: a LazyAbort, an AbortController. */
-export interface SignalSource {
+interface SignalSource {
   readonly signal: AbortSignal;
 }
 

@@ -79,16 +79,18 @@ export async function runCgi(app: App): Promise<void> {
     response = new Response('500 Internal Server Error\n', { status: 500, headers: { 'content-type': 'text/plain; charset=utf-8' } });
   }
 
+  // The lightweight form's parts, read once for the head and the body.
+  const light = lightweightParts(response);
   // Header values are byte strings: one character per byte.
-  const head = Buffer.from(cgiHeaderBlock(response), 'latin1');
+  const head = Buffer.from(cgiHeaderBlock(response, light), 'latin1');
   const isHead = params.REQUEST_METHOD === 'HEAD';
-  const plain = isHead ? null : plainBody(response);
+  const plain = isHead ? null : plainBody(response, light);
   if (plain === null || plain === undefined) {
     await write(head);
     if (plain === undefined && response.body) {
       // Streamed: each chunk reaches the server as the app produces it.
       for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) await write(chunk);
-    } else if (isHead && !lightweightParts(response)) {
+    } else if (isHead && !light) {
       // A lightweight Response has no stream to cancel; asking for one would build it.
       await response.body?.cancel();
     }

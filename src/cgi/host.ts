@@ -4,7 +4,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { AbortWatch } from '../lazy-abort.ts';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from './response.ts';
-import { groupAlive, startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
+import { groupAlive } from './script-process.ts';
+import { startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
 
 export interface CgiHostOptions {
   /** Scripts running at once. Default: 4 per core. */

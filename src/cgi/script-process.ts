@@ -47,7 +47,7 @@ export interface Spawner {
 
 export type SpawnerKind = 'auto' | 'native' | 'helper' | 'node';
 
-export const signalNames = new Map<number, NodeJS.Signals>(
+const signalNames = new Map<number, NodeJS.Signals>(
   Object.entries(os.constants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
 );
 

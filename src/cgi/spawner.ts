@@ -11,8 +11,7 @@ import { loadSpawnAddon, NativeSpawner } from './native-spawner.ts';
 
 import { endScripts, exitFromWaitStatus, groupAlive, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
 
-export type { ScriptExit, ScriptProcess, SpawnRequest, Spawner, SpawnerKind } from './script-process.ts';
-export { groupAlive } from './script-process.ts';
+export type { ScriptExit, ScriptProcess, Spawner, SpawnerKind } from './script-process.ts';
 
 // ---------------------------------------------------------------------------------------------
 // The helpers: Python processes that start scripts with posix_spawn and relay their stdio over the

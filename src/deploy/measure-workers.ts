@@ -33,25 +33,29 @@ function cpuSeconds(pid: number): number {
 
 const counts = values.workers.split(',').map(Number);
 const seconds = numberFlag(values, 'duration');
+const rounds = intFlag(values, 'rounds', 1);
+const threads = intFlag(values, 'threads', 1);
+const connections = intFlag(values, 'connections', 1);
+const nginxWorkers = intFlag(values, 'nginx-workers', 1);
 const site = path.join(deployDir, 'site.ts');
 process.stdout.write(
-  `${os.cpus()[0]?.model ?? 'cpu'}, ${os.availableParallelism()} cores; nginx ${values['nginx-workers']} workers; ` +
-    `wrk -t${values.threads} -c${values.connections} -d${seconds}s ${values.path}\n`,
+  `${os.cpus()[0]?.model ?? 'cpu'}, ${os.availableParallelism()} cores; nginx ${nginxWorkers} workers; ` +
+    `wrk -t${threads} -c${connections} -d${seconds}s ${values.path}\n`,
 );
 const results = new Map<number, number[]>(counts.map((n) => [n, []]));
-for (let round = 1; round <= intFlag(values, 'rounds', 1); round++) {
+for (let round = 1; round <= rounds; round++) {
   for (const workers of counts) {
     const app = await startFcgi({ app: site, listen: 'tcp', args: ['--workers', String(workers), '--no-access-log'] });
     const port = await freePort();
     const nginx = await startDeployNginx({
       templates: [path.join(deployDir, 'nginx/templates/default.conf.template')],
       vars: { NGINX_PORT: `127.0.0.1:${port}`, APP_TCP: app.address, APP_SOCKET: '/nonexistent/app.sock' },
-      workerProcesses: intFlag(values, 'nginx-workers', 1),
+      workerProcesses: nginxWorkers,
     });
     try {
       const url = `http://127.0.0.1:${port}${values.path}`;
       // Warm-up: every worker loads the app and JIT-compiles the hot path.
-      const wrk = (forSeconds: number) => runWrk(url, { threads: intFlag(values, 'threads', 1), connections: intFlag(values, 'connections', 1), seconds: forSeconds });
+      const wrk = (forSeconds: number) => runWrk(url, { threads, connections, seconds: forSeconds });
       await wrk(3);
       const [appBefore, nginxBefore] = [cpuSeconds(app.pid), cpuSeconds(nginx.nginx.pid)];
       const r = await wrk(seconds);

@@ -48,10 +48,11 @@ function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable,
 export function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource): void {
   const { res } = request;
   const limit = head.contentLength;
+  const bodyless = head.status === 204 || head.status === 304;
   // Node sends no body for HEAD (and 204/304); the log counts what was sent.
-  const counted = request.req.method !== 'HEAD' && head.status !== 204 && head.status !== 304;
+  const counted = request.req.method !== 'HEAD' && !bodyless;
   // The script already wrote all of it (a small answer, usually): one write, with its length.
-  const whole = limit === undefined && head.status >= 200 && head.status !== 204 && head.status !== 304 ? (body as Partial<WholeBody>).takeWhole?.() : undefined;
+  const whole = limit === undefined && head.status >= 200 && !bodyless ? (body as Partial<WholeBody>).takeWhole?.() : undefined;
   if (whole !== undefined) {
     if (!writeResponseHead(request, head, body, source, whole.length)) return;
     if (counted) request.bytes += whole.length;
@@ -81,7 +82,7 @@ export function sendResponse(request: RouteRequest, head: CgiHead, body: Readabl
   };
   body.on('data', onData);
   body.once('end', () => {
-    if (limit !== undefined && sent < limit && request.method !== 'HEAD' && head.status !== 204 && head.status !== 304) {
+    if (limit !== undefined && sent < limit && request.method !== 'HEAD' && !bodyless) {
       // Fewer bytes than announced: end the connection, so the client sees a cut response rather
       // than waiting for bytes that will never come.
       logError(`${source.who} wrote ${sent} of its Content-Length of ${limit} bytes`, { target: source.target });

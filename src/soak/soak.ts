@@ -185,7 +185,6 @@ async function main(argv: string[]): Promise<number> {
     argv,
   ) as Record<string, string | undefined>;
   const durationMs = values.seconds !== undefined ? numberFlag(values, 'seconds') * 1000 : numberFlag(values, 'minutes') * 60_000;
-  if (!(durationMs > 0)) throw new TypeError('--minutes / --seconds must be positive');
   const modes: SoakMode[] = values.mode === 'both' ? ['fcgi', 'cgi'] : [values.mode as SoakMode];
   if (!modes.every((m) => m === 'fcgi' || m === 'cgi')) throw new TypeError('--mode must be fcgi, cgi or both');
   const reports: SoakReport[] = [];
