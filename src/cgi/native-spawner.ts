@@ -13,8 +13,6 @@ type ScriptHandle = object;
 interface SpawnAddon extends ReaperCalls {
   /** Throws when the kernel lacks pidfd_open or close_range. */
   check(): void;
-  /** The pids of every script started and not reaped yet, in this process (spawns still completing included). */
-  livePids(): number[];
   /** Signal dispositions are read again at the next spawn (a signal got a handler). */
   forgetDispositions(): void;
   /** Where every script's events go, with the target its spawn() was given. */
@@ -59,7 +57,9 @@ export function loadSpawnAddon(): SpawnAddon | Error {
     });
     loaded = addon;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOSYS') return (loaded = new Error(`cgi: the in-process spawner needs Linux 5.9 or later (${(err as Error).message})`));
+    // ENOSYS: an older kernel; EPERM: a seccomp filter (a container's) that refuses the call.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSYS' || code === 'EPERM') return (loaded = new Error(`cgi: the in-process spawner needs pidfd_open and close_range, from Linux 5.9, allowed by any seccomp filter (${(err as Error).message})`));
     loaded = new Error(`cgi: the in-process spawner is not built (${(err as Error).message.split('\n')[0]}); \`npm rebuild\` builds it`);
   }
   return loaded;

@@ -24,7 +24,7 @@ const values = parseScriptArgs({
   summary:
     "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the Python helper, a\n" +
     'node:http hello and lighttpd mod_cgi), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and\n' +
-    'Apache mod_cgid.',
+    'Apache mod_cgid, and of serve with the Python helper and with child_process.spawn (CGI_RUNNER_SPAWNER).',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
