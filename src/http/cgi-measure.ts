@@ -1,6 +1,6 @@
-// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (interleaved, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
+// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
 //
-//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--json FILE] [--skip-throughput] (see --help)
+//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] (see --help)
 //
 // Every server runs as its own process on a free port; rounds alternate between targets so that
 // a noisy machine affects them alike.
@@ -22,13 +22,15 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
-    "The runner's overhead on cgi-bin/hello.sh against a bare spawn (interleaved with a spawn through the Python helper, a\n" +
-    'node:http hello and lighttpd mod_cgi), then requests/s with wrk at 1 and 16 connections against lighttpd mod_cgi and\n' +
-    'Apache mod_cgid, and of serve with the Python helper and with child_process.spawn (CGI_RUNNER_SPAWNER).',
+    "The runner's overhead on cgi-bin/hello.sh against a bare spawn, request by request in alternation (and so too for a\n" +
+    'spawn through the Python helper, a node:http hello and lighttpd mod_cgi), then requests/s with wrk at 1 and 16\n' +
+    'connections against lighttpd mod_cgi and Apache mod_cgid, and of serve with the Python helper and with\n' +
+    'child_process.spawn (CGI_RUNNER_SPAWNER). Each wrk run follows an unmeasured warm-up run on a connection of its own.',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
     rounds: { type: 'string', valueName: 'N', default: '3', description: 'interleaved rounds of the throughput test' },
+    warmup: { type: 'string', valueName: 'SECONDS', default: '1', description: 'unmeasured wrk run before each measured one (0: none)' },
     json: { type: 'string', valueName: 'FILE', description: 'write the figures as JSON' },
     'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
   },
@@ -36,13 +38,14 @@ const values = parseScriptArgs({
 const requests = intFlag(values, 'requests', 1);
 const duration = numberFlag(values, 'duration');
 const rounds = intFlag(values, 'rounds', 1);
+const warmup = intFlag(values, 'warmup', 0);
 
 // The client of the overhead test: Python, so that neither side of the comparison pays for a Node
-// client. Each iteration, in rotating order, (1) spawns the script bare (posix_spawn, read stdout to
-// EOF, wait), (2) has it spawned by a spawner helper of its own (spawner.py, the fallback `serve`
-// starts scripts through when its native addon is not built) and reads its output to the end, (3)
-// sends a request for it to `serve` (which starts it from its own process) and (4) one to a plain
-// node:http hello server, and (5) when it is installed, one for the script to lighttpd, over
+// client. It measures (1) a bare spawn of the script (posix_spawn, read stdout to EOF, wait) in
+// alternation with each of: (2) the script spawned by a spawner helper of its own (spawner.py, the
+// fallback `serve` starts scripts through when its native addon is not built), read to the end; (3)
+// a request for it to `serve` (which starts it from its own process); (4) one to a plain node:http
+// hello server; and (5) when it is installed, one for the script to lighttpd; the requests over
 // kept-alive connections. (4) is what any Node HTTP front costs; the rest of the overhead is the
 // runner. (2) minus (1) is what a helper process would add; (5) minus (1), lighttpd's own overhead.
 const overheadClient = String.raw`
@@ -117,21 +120,33 @@ def spawned():
     seen = set()
     while not {b'Z', b'X'} <= seen:
         seen.add(frame())
-kinds = [('bare', bare), ('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else [])
+# Each kind is measured in alternation with a bare spawn, request by request, and its overhead is
+# taken against the bare spawns of its own pairs: between two of its requests only the bare spawn
+# runs, as only its own scripts would on a server. Interleaving all five instead put three other
+# servers between two requests of each, which pushes a process out of the caches, and a large one
+# (Node's code and heap) more than a small one (lighttpd). Blocks of pairs rotate over the kinds, so
+# that a machine whose speed drifts affects them alike.
+kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else [])
 for _ in range(50):
+    bare()
     for _, run in kinds:
         run()
 samples = {name: [] for name, _ in kinds}
-for i in range(n):
-    for j in range(len(kinds)):
-        name, run = kinds[(i + j) % len(kinds)]
-        t0 = time.perf_counter()
-        run()
-        samples[name].append(time.perf_counter() - t0)
+bare_samples = {name: [] for name, _ in kinds}
+block = 250
+for start in range(0, n, block):
+    for name, run in kinds:
+        for i in range(start, min(n, start + block)):
+            # Alternate which of the pair goes first, so neither always follows the other.
+            pair = [('bare', bare), (name, run)] if i % 2 == 0 else [(name, run), ('bare', bare)]
+            for which, f in pair:
+                t0 = time.perf_counter()
+                f()
+                (bare_samples[name] if which == 'bare' else samples[name]).append(time.perf_counter() - t0)
 assert b'hello' in http()
 helper.stdin.close()
 helper.wait()
-print(json.dumps(samples))
+print(json.dumps({'kinds': samples, 'bare': bare_samples}))
 `;
 
 interface Target {
@@ -226,7 +241,7 @@ async function main(): Promise<void> {
   /** Started for the overhead test only, not measured with wrk. */
   const background: Target[] = [];
   try {
-    // 1. Overhead: the same script, bare, through serve and through lighttpd, interleaved.
+    // 1. Overhead: the same script through serve, lighttpd, the helper, each in alternation with a bare spawn.
     const floor = await startHttpHello();
     background.push(floor);
     const lighttpd = findPeer('lighttpd') ? await startLighttpd(cgiDir) : undefined;
@@ -237,45 +252,56 @@ async function main(): Promise<void> {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
-    const samples = JSON.parse(stdout) as Record<'bare' | 'helper' | 'http' | 'floor', number[]> & { peer?: number[] };
+    type Kind = 'helper' | 'http' | 'floor' | 'peer';
+    type Stats = { median: number; p99: number };
+    const samples = JSON.parse(stdout) as { kinds: Partial<Record<Kind, number[]>>; bare: Partial<Record<Kind, number[]>> };
     const stats = (xs: number[]) => {
       const sorted = xs.map((x) => x * 1000).sort((a, b) => a - b);
       return { median: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
     };
-    const bare = stats(samples.bare);
-    const helper = stats(samples.helper);
-    const serveStats = stats(samples.http);
-    const httpFloor = stats(samples.floor);
-    const peer = samples.peer ? stats(samples.peer) : undefined;
-    const minus = (a: typeof bare, b: typeof bare) => ({ median: a.median - b.median, p99: a.p99 - b.p99 });
+    const minus = (a: Stats, b: Stats) => ({ median: a.median - b.median, p99: a.p99 - b.p99 });
+    /** A kind's figures, its bare spawns' (the other half of its pairs) and the difference. */
+    const paired = (kind: Kind) => {
+      const own = samples.kinds[kind];
+      const bare = samples.bare[kind];
+      if (!own || !bare) return undefined;
+      const x = stats(own);
+      const b = stats(bare);
+      return { ...x, bare: b, overhead: minus(x, b) };
+    };
+    const serveStats = paired('http')!;
+    const helper = paired('helper')!;
+    const httpFloor = paired('floor')!;
+    const peer = paired('peer');
     const overhead = {
       requests,
-      bare,
-      helper,
       serve: serveStats,
+      overhead: serveStats.overhead,
+      helper,
       httpFloor,
-      overhead: minus(serveStats, bare),
-      lighttpd: peer && { ...peer, overhead: minus(peer, bare) },
+      lighttpd: peer,
       // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
       // helper would add to a spawn, were `serve` using it.
       breakdown: {
-        helper: helper.median - bare.median,
+        helper: helper.overhead.median,
         httpFront: httpFloor.median,
-        runner: serveStats.median - bare.median - httpFloor.median,
+        runner: serveStats.overhead.median - httpFloor.median,
       },
     };
     report.overhead = overhead;
-    const row = (label: string, s: { median: number; p99: number }) => console.log(`  ${label.padEnd(36)} median ${s.median.toFixed(3)}  p99 ${s.p99.toFixed(3)}`);
-    console.log(`overhead over ${requests} requests of each kind, interleaved (ms):`);
-    row('bare spawn of hello.sh', bare);
-    row('spawned through the Python helper', helper);
-    row('node:http hello (no script)', httpFloor);
+    const ms = (v: number) => v.toFixed(3).padStart(7);
+    const row = (label: string, s: Stats & { bare: Stats; overhead?: Stats }, withOverhead = true) =>
+      console.log(
+        `  ${label.padEnd(34)} ${ms(s.median)} ${ms(s.p99)}   ${ms(s.bare.median)} ${ms(s.bare.p99)}` +
+          (withOverhead ? `   ${ms(s.overhead!.median)} ${ms(s.overhead!.p99)}` : ''),
+      );
+    console.log(`overhead over ${requests} requests of each kind, each in alternation with a bare spawn of hello.sh (ms):`);
+    console.log(`  ${''.padEnd(34)} ${'median'.padStart(7)} ${'p99'.padStart(7)}   ${'bare'.padStart(7)} ${'bare p99'.padStart(7)}   ${'minus'.padStart(7)} ${'p99'.padStart(7)}`);
     row('serve -> hello.sh', serveStats);
-    row('runner overhead (serve - bare)', overhead.overhead);
-    if (peer) {
-      row('lighttpd mod_cgi -> hello.sh', peer);
-      row('lighttpd overhead (lighttpd - bare)', minus(peer, bare));
-    }
+    if (peer) row('lighttpd mod_cgi -> hello.sh', peer);
+    row('spawned through the Python helper', helper);
+    row('node:http hello (no script)', httpFloor, false);
+    console.log(`  runner overhead (serve minus bare): median ${serveStats.overhead.median.toFixed(3)}, p99 ${serveStats.overhead.p99.toFixed(3)}` + (peer ? `; lighttpd's: median ${peer.overhead.median.toFixed(3)}, p99 ${peer.overhead.p99.toFixed(3)}` : ''));
     const b = overhead.breakdown;
     console.log(`  of the median overhead: Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
     console.log(`  (the Python helper, the fallback without the native addon, adds ${b.helper.toFixed(3)} to a spawn)`);
@@ -290,7 +316,12 @@ async function main(): Promise<void> {
       for (const c of [1, 16]) {
         for (let round = 0; round < rounds; round++) {
           for (const target of targets) {
-            const sample = await runWrk(target.url, { threads: Math.min(c, Math.max(1, os.availableParallelism())), connections: c, seconds: duration });
+            const threads = Math.min(c, Math.max(1, os.availableParallelism()));
+            // Unmeasured: a new connection (wrk opens its own) sends a Node server through a few
+            // deoptimizations and recompilations first, and the other targets' runs have just
+            // pushed this one out of the caches.
+            if (warmup > 0) await runWrk(target.url, { threads, connections: c, seconds: warmup });
+            const sample = await runWrk(target.url, { threads, connections: c, seconds: duration });
             if (sample.errors > 0) throw new Error(`cgi-measure: ${target.name} had ${sample.errors} errors at ${c} connections`);
             const rps = sample.rps;
             ((results[target.name] ??= {})[`c${c}`] ??= []).push(rps);
@@ -298,12 +329,12 @@ async function main(): Promise<void> {
         }
       }
       const table: Record<string, Record<string, number>> = {};
-      console.log(`\nrequests/s for hello.sh (wrk, ${duration} s per run, median of ${rounds} interleaved rounds):`);
+      console.log(`\nrequests/s for hello.sh (wrk, ${duration} s per run after ${warmup} s unmeasured, median of ${rounds} interleaved rounds):`);
       for (const [name, byC] of Object.entries(results)) {
         table[name] = Object.fromEntries(Object.entries(byC).map(([k, xs]) => [k, median(xs)]));
         console.log(`  ${name.padEnd(36)} 1 conn ${table[name].c1!.toFixed(0).padStart(6)}   16 conns ${table[name].c16!.toFixed(0).padStart(6)}   (runs: ${JSON.stringify(byC)})`);
       }
-      report.throughput = { duration, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results };
+      report.throughput = { duration, warmup, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results };
     }
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
     if (typeof values.json === 'string') fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
