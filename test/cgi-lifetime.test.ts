@@ -247,6 +247,46 @@ describe('the queue timeout', () => {
   });
 });
 
+describe('serve killed by SIGKILL', () => {
+  test('takes its running scripts with it', async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-test-'));
+    const dir = path.join(root, 'cgi-bin');
+    fs.mkdirSync(path.join(root, 'pids'), { recursive: true });
+    // It would run for a minute, and SIGKILL runs none of the runner's clean-up.
+    writeScripts(dir, { 'long.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; exec sleep 60`) });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
+    let script: number | undefined;
+    try {
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.stderr.on('data', (d) => (err += d));
+      const url = await waitFor('the URL line', () => /at (http:\/\/\S+)/.exec(out)?.[1], 20_000);
+      // The in-process spawner (the default) is the one that ties a script to the runner's life.
+      await waitFor('the spawner line', () => /started by the runner itself/.test(err) || undefined);
+      const request = get(Number(new URL(url).port), '/cgi-bin/long.sh?orphan').catch(() => undefined);
+      const pidFile = path.join(root, 'pids', 'orphan');
+      script = await waitFor('the script', () => (fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').trim() ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined));
+      assert.deepEqual(processGroupMembers(script), [script]);
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+      await request;
+      await assertGroupGone(script, 3000);
+    } finally {
+      child.kill('SIGKILL');
+      if (script !== undefined) {
+        try {
+          process.kill(-script, 'SIGKILL');
+        } catch {
+          // gone, as it should be
+        }
+      }
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('serve and SIGTERM', () => {
   test('in-flight requests finish, new ones are refused, stragglers are killed at the deadline', async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-test-'));

@@ -525,6 +525,7 @@ static napi_value forget_dispositions(napi_env env, napi_callback_info info) {
 typedef struct {
   script *s;
   sigset_t reset;
+  pid_t runner;
   volatile int error;
 } child_args;
 
@@ -542,6 +543,11 @@ static int child_main(void *arg) {
     if (sigismember(&a->reset, sig)) sigaction(sig, &default_action, NULL);
   // A new session makes the script lead its own process group: one kill(-pid) reaches all it starts.
   if (setsid() < 0) goto failed;
+  // The runner's death, even by SIGKILL (which runs none of its clean-up), takes the script with it:
+  // nothing else would end a script that runs on. (Processes the script starts are not covered:
+  // the setting is not inherited across fork.) If the runner died before this, the script ends now.
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) goto failed;
+  if (getppid() != a->runner) _exit(127);
   if (s->with_stdin) {
     if (dup2(s->fds[0], 0) < 0) goto failed;
   } else {
@@ -586,7 +592,7 @@ static void run_spawn(script *s) {
     s->failed_call = "spawn";
     return;
   }
-  child_args args = {.s = s, .error = 0};
+  child_args args = {.s = s, .runner = getpid(), .error = 0};
   non_default_signals(&args.reset);
   // Every signal blocked from before the clone until the child has reset its handlers: none can
   // run a handler of the runner's in the child.
