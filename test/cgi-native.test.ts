@@ -106,6 +106,33 @@ describe('the in-process spawner', { skip: unavailable instanceof Error && !proc
   });
 });
 
+describe('the subreaper role', { skip: unavailable instanceof Error && !process.env.CI ? `${(unavailable as Error).message}` : false }, () => {
+  /** The ppid of a process that `sh` starts in the background and leaves behind when it exits. */
+  async function orphanParent(): Promise<number> {
+    const child = spawn('sh', ['-c', 'sleep 30 >/dev/null 2>&1 & echo $!'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await new Promise((resolve) => child.once('close', resolve));
+    const orphan = Number(out.trim());
+    try {
+      return statOf(fs.readFileSync(`/proc/${orphan}/stat`, 'utf8')).ppid;
+    } finally {
+      process.kill(orphan, 'SIGKILL');
+    }
+  }
+
+  test('lasts while a spawner is open: once the last one has closed, the runner adopts nothing', async () => {
+    const spawner = new NativeSpawner(unavailable as Exclude<typeof unavailable, Error>);
+    try {
+      assert.equal(await orphanParent(), process.pid, 'adopted while a spawner is open');
+    } finally {
+      await spawner.close();
+    }
+    // Adopted with no sweep left to end and reap them, they would stay here as zombies.
+    assert.notEqual(await orphanParent(), process.pid, 'not adopted once the last spawner has closed');
+  });
+});
+
 // Started when this file loads, before the host and its subreaper: an earlier child of the runner.
 const earlierChild = spawn('sleep', ['60'], { stdio: 'ignore' });
 earlierChild.unref();

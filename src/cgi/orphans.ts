@@ -9,7 +9,8 @@ import fs from 'node:fs';
 
 /** What the sweep needs from the native addon. */
 export interface ReaperCalls {
-  setSubreaper(): void;
+  /** PR_SET_CHILD_SUBREAPER on or off; returns whether it was on. */
+  setSubreaper(on: boolean): boolean;
   /** Our children (of the main thread, where adopted orphans and child_process children go), zombies included, except the scripts (even those whose spawn is still completing). */
   otherChildren(): number[];
   /** waitpid(pid, WNOHANG): true once reaped (or not our child), false while it runs. */
@@ -72,6 +73,12 @@ function signal(pid: number, name: NodeJS.Signals): boolean {
  */
 export class OrphanReaper {
   private static shared: OrphanReaper | undefined;
+  /**
+   * Whether the process was a subreaper before a reaper of ours made it one (someone else's choice,
+   * kept when the last spawner goes); undefined while none of ours is in force. Static: a reaper
+   * may start while the one before it is still closing.
+   */
+  private static subreaperBefore: boolean | undefined;
   private users = 0;
 
   /** The process's reaper, started by its first user. */
@@ -96,7 +103,8 @@ export class OrphanReaper {
 
   private constructor(private readonly calls: ReaperCalls) {
     trackNodeChildren();
-    calls.setSubreaper();
+    const was = calls.setSubreaper(true);
+    OrphanReaper.subreaperBefore ??= was;
     this.earlier = new Set(calls.otherChildren());
   }
 
@@ -163,7 +171,11 @@ export class OrphanReaper {
     this.schedule(sweepDelayMs);
   }
 
-  /** The last spawner is stopping: TERM the adopted orphans, KILL those still there after the grace period, and reap them. */
+  /**
+   * The last spawner is stopping: TERM the adopted orphans, KILL those still there after the grace
+   * period, and reap them. Then the process stops adopting: with no sweep left, what it adopted
+   * later would stay its zombies.
+   */
   private async close(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;
@@ -182,6 +194,11 @@ export class OrphanReaper {
     while (orphans.length > 0 && Date.now() < deadline + orphanGraceMs) {
       await new Promise((resolve) => setTimeout(resolve, 20));
       orphans = pending(orphans);
+    }
+    // Unless another spawner has started a reaper meanwhile.
+    if (OrphanReaper.shared === undefined && OrphanReaper.subreaperBefore !== undefined) {
+      if (!OrphanReaper.subreaperBefore) this.calls.setSubreaper(false);
+      OrphanReaper.subreaperBefore = undefined;
     }
   }
 }

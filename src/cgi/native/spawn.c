@@ -836,11 +836,27 @@ static napi_value close_stdout(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/** setSubreaper(): orphans of our scripts' descendants become our children (PR_SET_CHILD_SUBREAPER). */
+/**
+ * setSubreaper(on) → whether it was one: orphans of our scripts' descendants become our children
+ * (PR_SET_CHILD_SUBREAPER) while on. The previous setting is returned so that it can be restored.
+ */
 static napi_value set_subreaper(napi_env env, napi_callback_info info) {
-  (void)info;
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) throw_errno(env, "cgi: prctl(PR_SET_CHILD_SUBREAPER)", errno);
-  return NULL;
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool on = false;
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok) {
+    napi_throw_type_error(env, NULL, "cgi: setSubreaper(on) needs a boolean");
+    return NULL;
+  }
+  int was = 0;
+  if (prctl(PR_GET_CHILD_SUBREAPER, &was, 0, 0, 0) < 0 || prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0) < 0) {
+    throw_errno(env, "cgi: prctl(PR_SET_CHILD_SUBREAPER)", errno);
+    return NULL;
+  }
+  napi_value result;
+  napi_get_boolean(env, was != 0, &result);
+  return result;
 }
 
 /**
