@@ -8,6 +8,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
 import { processGroupMembers } from '../src/peers/index.ts';
 import { eventually } from './fixtures/eventually.ts';
 import { assertGroupGone, get, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
@@ -247,37 +248,50 @@ describe('the queue timeout', () => {
   });
 });
 
-describe('serve killed by SIGKILL', () => {
-  test('takes its running scripts with it', async () => {
+const noAddon = loadSpawnAddon();
+
+describe('serve killed by SIGKILL', { skip: noAddon instanceof Error && !process.env.CI ? noAddon.message : false }, () => {
+  test('takes its running scripts with it, spawned on the event loop or on a worker thread', async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-test-'));
     const dir = path.join(root, 'cgi-bin');
     fs.mkdirSync(path.join(root, 'pids'), { recursive: true });
     // It would run for a minute, and SIGKILL runs none of the runner's clean-up.
     writeScripts(dir, { 'long.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; exec sleep 60`) });
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
-    let script: number | undefined;
+    // The in-process spawner (the default) is the one that ties a script to the runner's life.
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--cgi-dir', dir], {
+      cwd: repo,
+      env: { ...process.env, CGI_RUNNER_SPAWNER: 'native' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const scripts: number[] = [];
     try {
       let out = '';
       let err = '';
       child.stdout.on('data', (d) => (out += d));
       child.stderr.on('data', (d) => (err += d));
       const url = await waitFor('the URL line', () => /at (http:\/\/\S+)/.exec(out)?.[1], 20_000);
-      // The in-process spawner (the default) is the one that ties a script to the runner's life.
-      await waitFor('the spawner line', () => /started by the runner itself/.test(err) || undefined);
-      const request = get(Number(new URL(url).port), '/cgi-bin/long.sh?orphan').catch(() => undefined);
-      const pidFile = path.join(root, 'pids', 'orphan');
-      script = await waitFor('the script', () => (fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').trim() ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined));
-      assert.deepEqual(processGroupMembers(script), [script]);
+      await waitFor('the spawner line', () => /clone and execve/.test(err) || undefined);
+      const port = Number(new URL(url).port);
+      const pidOf = (name: string) => {
+        const file = path.join(root, 'pids', name);
+        return waitFor(`the script ${name}`, () => (fs.existsSync(file) && fs.readFileSync(file, 'utf8').trim() ? Number(fs.readFileSync(file, 'utf8')) : undefined));
+      };
+      // The first is spawned on the event loop's thread; the second, with the first still running, on a worker thread.
+      const requests = [get(port, '/cgi-bin/long.sh?first').catch(() => undefined)];
+      scripts.push(await pidOf('first'));
+      requests.push(get(port, '/cgi-bin/long.sh?second').catch(() => undefined));
+      scripts.push(await pidOf('second'));
+      for (const pid of scripts) assert.deepEqual(processGroupMembers(pid), [pid]);
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGKILL');
       await exited;
-      await request;
-      await assertGroupGone(script, 3000);
+      await Promise.all(requests);
+      for (const pid of scripts) await assertGroupGone(pid, 3000);
     } finally {
       child.kill('SIGKILL');
-      if (script !== undefined) {
+      for (const pid of scripts) {
         try {
-          process.kill(-script, 'SIGKILL');
+          process.kill(-pid, 'SIGKILL');
         } catch {
           // gone, as it should be
         }

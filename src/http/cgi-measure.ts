@@ -30,7 +30,7 @@ const values = parseScriptArgs({
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
     rounds: { type: 'string', valueName: 'N', default: '3', description: 'interleaved rounds of the throughput test' },
-    warmup: { type: 'string', valueName: 'SECONDS', default: '1', description: 'unmeasured: requests of each kind before the overhead test, a wrk run before each measured one' },
+    warmup: { type: 'string', valueName: 'SECONDS', default: '1', description: 'whole seconds unmeasured: of each kind before the overhead test (at least 50 pairs, even with 0), and a wrk run before each measured one' },
     json: { type: 'string', valueName: 'FILE', description: 'write the figures as JSON' },
     'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
   },
@@ -202,6 +202,7 @@ server.modules = ("mod_alias", "mod_cgi")
 server.pid-file = "${dir.path}/lighttpd.pid"
 server.errorlog = "${dir.path}/error.log"
 server.max-keep-alive-requests = 1000000
+server.max-keep-alive-idle = 300
 alias.url = ("/cgi-bin/" => "${cgiDir}/")
 $HTTP["url"] =~ "^/cgi-bin/" { cgi.assign = ("" => "") }
 `,
@@ -301,7 +302,7 @@ async function main(): Promise<void> {
           (withOverhead ? `   ${ms(s.overhead!.median)} ${ms(s.overhead!.p99)}` : ''),
       );
     console.log(`overhead over ${requests} requests of each kind, each in alternation with a bare spawn of hello.sh (ms):`);
-    console.log(`  ${''.padEnd(34)} ${'median'.padStart(7)} ${'p99'.padStart(7)}   ${'bare'.padStart(7)} ${'bare p99'.padStart(7)}   ${'minus'.padStart(7)} ${'p99'.padStart(7)}`);
+    console.log(`  ${''.padEnd(34)} ${'median'.padStart(7)} ${'p99'.padStart(7)}   ${'bare'.padStart(7)} ${'p99'.padStart(7)}   ${'minus'.padStart(7)} ${'p99'.padStart(7)}`);
     row('serve -> hello.sh', serveStats);
     if (peer) row('lighttpd mod_cgi -> hello.sh', peer);
     row('spawned through the Python helper', helper);

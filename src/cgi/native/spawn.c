@@ -544,10 +544,13 @@ static int child_main(void *arg) {
   // A new session makes the script lead its own process group: one kill(-pid) reaches all it starts.
   if (setsid() < 0) goto failed;
   // The runner's death, even by SIGKILL (which runs none of its clean-up), takes the script with it:
-  // nothing else would end a script that runs on. (Processes the script starts are not covered:
-  // the setting is not inherited across fork.) If the runner died before this, the script ends now.
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) goto failed;
-  if (getppid() != a->runner) _exit(127);
+  // nothing else would end a script that runs on. Best effort: processes the script starts are not
+  // covered (the setting is not inherited across fork), the kernel clears it when a set-user-ID or
+  // file-capability program is executed, and a seccomp filter may refuse it (the script then runs
+  // without it). The signal comes when the thread that spawned the script ends: the event loop's
+  // thread or a libuv worker, both as long-lived as the runner. If the runner died before this, the
+  // script ends now.
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != a->runner) _exit(127);
   if (s->with_stdin) {
     if (dup2(s->fds[0], 0) < 0) goto failed;
   } else {
