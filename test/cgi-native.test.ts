@@ -204,3 +204,63 @@ describe("a script's output is first read when it exits, or once firstReadDelayM
     assert.equal(exit.code, 0);
   });
 });
+
+describe('a spawn that does not wait for the script to call execve', { skip: unavailable instanceof Error && !process.env.CI ? `${(unavailable as Error).message}` : false }, () => {
+  let dir: string;
+  let spawner: NativeSpawner;
+  before(() => {
+    dir = fs.mkdtempSync('/tmp/cgi-no-wait-');
+    spawner = new NativeSpawner(unavailable as Exclude<typeof unavailable, Error>);
+  });
+  after(async () => {
+    await spawner.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  function script(name: string, body: string): string {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, sh(body), { mode: 0o755 });
+    return file;
+  }
+
+  async function output(proc: ReturnType<NativeSpawner['spawn']>): Promise<string> {
+    const chunks: Buffer[] = [];
+    proc.stdout.on('data', (chunk: Buffer) => chunks.push(chunk));
+    await new Promise((resolve) => proc.stdout.once('end', resolve));
+    return Buffer.concat(chunks).toString();
+  }
+
+  test('200 scripts started in one turn each run with their own arguments and environment', async () => {
+    const file = script('echo.sh', `printf '%s %s\\n' "$1" "$WHO"`);
+    const procs = Array.from({ length: 200 }, (_, i) => spawner.spawn({ file, argv: [file, `arg${i}`], cwd: dir, env: { PATH: '/usr/bin:/bin', WHO: `env${i}` }, stdin: false }));
+    const outputs = await Promise.all(procs.map(output));
+    const exits = await Promise.all(procs.map((p) => p.exited));
+    outputs.forEach((out, i) => assert.equal(out, `arg${i} env${i}\n`));
+    assert.ok(exits.every((e) => e.code === 0));
+  });
+
+  test('a script signalled in the turn it was spawned in, before it has made its process group, still gets the signal', async () => {
+    // The signal may come before the new process has called setsid: then its group does not exist
+    // yet, and the signal must reach the process itself. Many tries, so some fall in that moment.
+    const marker = path.join(dir, 'ran');
+    const file = script('marker.sh', `touch '${marker}'`);
+    const procs = Array.from({ length: 100 }, () => {
+      const proc = spawner.spawn({ file, argv: [file], cwd: dir, env: { PATH: '/usr/bin:/bin' }, stdin: false });
+      proc.killGroup('SIGKILL');
+      return proc;
+    });
+    const exits = await Promise.all(procs.map((p) => p.exited));
+    assert.deepEqual(new Set(exits.map((e) => e.signal)), new Set(['SIGKILL']));
+    assert.equal(fs.existsSync(marker), false, 'no script ran');
+  });
+
+  test('a script that cannot be executed: its exit says why', async () => {
+    const file = path.join(dir, 'no-shebang');
+    fs.writeFileSync(file, 'echo hi\n', { mode: 0o755 });
+    const notExecutable = spawner.spawn({ file, argv: [file], cwd: dir, env: {}, stdin: false });
+    const noDirectory = spawner.spawn({ file, argv: [file], cwd: path.join(dir, 'missing'), env: {}, stdin: true });
+    assert.equal(await output(notExecutable), '');
+    assert.match((await notExecutable.exited).error ?? '', /^cannot execute .*no-shebang: Exec format error$/);
+    assert.match((await noDirectory.exited).error ?? '', /^cannot execute .*no-shebang: No such file or directory$/);
+  });
+});

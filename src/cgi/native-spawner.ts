@@ -112,6 +112,8 @@ class NativeProcess implements ScriptProcess {
   /** A write, or the end, that came before the script's stdin pipe did. */
   private pendingWrite: (() => void) | undefined;
   private pendingEnd: (() => void) | undefined;
+  /** Its exit has been reported: its pid may belong to another process now. */
+  private reaped = false;
   /** The last signal asked for before the pid was known. */
   private pendingSignal: NodeJS.Signals | undefined;
 
@@ -165,6 +167,7 @@ class NativeProcess implements ScriptProcess {
         this.onStderr?.(null);
         break;
       case Event.Exit:
+        this.reaped = true;
         this.resolveExit(exitFromWaitStatus(a as number, b as boolean));
         break;
       case Event.Started:
@@ -196,8 +199,20 @@ class NativeProcess implements ScriptProcess {
   }
 
   killGroup(signal: NodeJS.Signals): void {
-    if (this.pid !== undefined) signalGroup(this.pid, signal);
-    else this.pendingSignal = signal;
+    if (this.pid === undefined) {
+      this.pendingSignal = signal;
+      return;
+    }
+    // A script just started may not have made its group yet (the spawn does not wait for it): then
+    // the signal goes to the script itself, which blocks signals until it executes and gets it then.
+    // Only before its exit is reported: until it is reaped, its pid cannot be anyone else's.
+    if (!signalGroup(this.pid, signal) && !this.reaped) {
+      try {
+        process.kill(this.pid, signal);
+      } catch {
+        // ESRCH: gone meanwhile.
+      }
+    }
   }
 }
 
@@ -233,9 +248,10 @@ export class NativeSpawner implements Spawner {
     let env = '';
     for (const name in request.env) env += `${name}=${request.env[name]}\0`;
     this.live.add(proc);
-    // On a worker thread while other scripts are busy: the spawn holds its thread until the new
-    // process has called execve, which on busy cores waits for a turn to run. With no other script
-    // at work that wait is short and the hand-over to a thread would cost more, so the spawn
+    // Where the addon's spawn waits for execve (not on x86-64 or arm64, where it never waits and
+    // runs here), on a worker thread while other scripts are busy: the spawn holds its thread until
+    // the new process has called execve, which on busy cores waits for a turn to run. With no other
+    // script at work that wait is short and the hand-over to a thread would cost more, so the spawn
     // happens here. (A script whose stdout has ended is done with, even before its exit is seen.)
     const inThread = this.busy > 0;
     this.busy++;

@@ -51,11 +51,14 @@ const signalNames = new Map<number, NodeJS.Signals>(
   Object.entries(os.constants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
 );
 
-export function signalGroup(pid: number, signal: NodeJS.Signals): void {
+/** Signals a process group; false when it has no member (ESRCH). */
+export function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
   try {
     process.kill(-pid, signal);
+    return true;
   } catch {
     // ESRCH: the group is already empty.
+    return false;
   }
 }
 
