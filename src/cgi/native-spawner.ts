@@ -1,6 +1,7 @@
-// Starts CGI scripts from the runner's own process through the native addon (src/cgi/native/spawn.c): clone(CLONE_VM | CLONE_VFORK) and execve, no fork, the script's pipes read on the event loop, its exit reported through a pidfd.
+// Starts CGI scripts from the runner's own process through the native addon (src/cgi/native/spawn.c): clone(CLONE_VM) and execve, no fork, the script's pipes read on the event loop, its exit reported through a pidfd.
 import { createRequire } from 'node:module';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +23,8 @@ interface SpawnAddon extends ReaperCalls {
   pause(handle: ScriptHandle): void;
   resume(handle: ScriptHandle): void;
   closeStdout(handle: ScriptHandle): void;
+  /** Signals the script itself (not its group), until it is reaped: false after. */
+  signalScript(handle: ScriptHandle, signal: number): boolean;
 }
 
 /** The events of spawn.c's onEvent. */
@@ -112,8 +115,6 @@ class NativeProcess implements ScriptProcess {
   /** A write, or the end, that came before the script's stdin pipe did. */
   private pendingWrite: (() => void) | undefined;
   private pendingEnd: (() => void) | undefined;
-  /** Its exit has been reported: its pid may belong to another process now. */
-  private reaped = false;
   /** The last signal asked for before the pid was known. */
   private pendingSignal: NodeJS.Signals | undefined;
 
@@ -167,7 +168,6 @@ class NativeProcess implements ScriptProcess {
         this.onStderr?.(null);
         break;
       case Event.Exit:
-        this.reaped = true;
         this.resolveExit(exitFromWaitStatus(a as number, b as boolean));
         break;
       case Event.Started:
@@ -185,7 +185,7 @@ class NativeProcess implements ScriptProcess {
 
   private started(pid: number, stdinFd: number): void {
     this.pid = pid;
-    if (this.pendingSignal) signalGroup(pid, this.pendingSignal);
+    if (this.pendingSignal) this.killGroup(this.pendingSignal);
     if (stdinFd < 0) return;
     // A libuv pipe handle, as child_process's own stdin pipes are: writes with backpressure, EPIPE as an error.
     const stdin = (this.in = new net.Socket({ fd: stdinFd, readable: false, writable: true }));
@@ -205,14 +205,7 @@ class NativeProcess implements ScriptProcess {
     }
     // A script just started may not have made its group yet (the spawn does not wait for it): then
     // the signal goes to the script itself, which blocks signals until it executes and gets it then.
-    // Only before its exit is reported: until it is reaped, its pid cannot be anyone else's.
-    if (!signalGroup(this.pid, signal) && !this.reaped) {
-      try {
-        process.kill(this.pid, signal);
-      } catch {
-        // ESRCH: gone meanwhile.
-      }
-    }
+    if (!signalGroup(this.pid, signal) && this.handle) this.addon.signalScript(this.handle, os.constants.signals[signal]);
   }
 }
 

@@ -55,11 +55,11 @@ const signalNames = new Map<number, NodeJS.Signals>(
 export function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
   try {
     process.kill(-pid, signal);
-    return true;
-  } catch {
-    // ESRCH: the group is already empty.
-    return false;
+  } catch (err) {
+    // ESRCH: the group is already empty (or not made yet).
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
   }
+  return true;
 }
 
 /** True while any process of the group exists (a zombie not yet reaped included). */

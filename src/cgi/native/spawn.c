@@ -3,7 +3,7 @@
 // Why in-process: libuv's uv_spawn forks, which copies the page tables of the whole Node process
 // and blocks the event loop while it does. With clone(CLONE_VM) nothing is copied. glibc's
 // posix_spawn adds CLONE_VFORK, which holds the calling thread until the child has called execve;
-// on x86-64 and arm64 the spawn here does not wait (spawn_without_waiting): the event loop goes on
+// on x86-64 and arm64 the spawn here does not wait (see run_spawn): the event loop goes on
 // while the child sets itself up on another core. Elsewhere it waits, as posix_spawn does. A helper
 // process avoids the fork too, but every request then crosses two more pipes, and each crossing
 // that wakes another process costs more than the spawn itself saves (src/http/cgi-measure.ts).
@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -33,6 +34,9 @@
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
 #endif
 
 #define STDOUT_PIPE_SIZE (256 * 1024) /* fewer, larger reads for scripts that write a lot */
@@ -584,7 +588,12 @@ typedef struct child_block {
   volatile int error; /* set by the child when it cannot execute the script */
 } child_block;
 
-/** The child, between clone and execve: only system calls, and nothing written but its error. */
+/**
+ * The child, between clone and execve: only system calls, and nothing written but its error. Any
+ * failure here (setsid, the descriptors, the directory, execve itself) is reported as "cannot
+ * execute"; an execve that fails past its point of no return kills the child with SIGSEGV, which
+ * its exit then says.
+ */
 static int script_child(void *arg) {
   child_block *c = arg;
   // The kernel's struct sigaction, all zero: SIG_DFL, no flags, nothing blocked in the handler.
@@ -640,10 +649,16 @@ static child_stack *take_stack(void) {
   child_stack *found = stacks;
   while (found && __atomic_load_n(&found->in_use, __ATOMIC_ACQUIRE) != 0) found = found->next;
   if (!found && (found = calloc(1, sizeof *found))) {
-    if ((found->base = malloc(CHILD_STACK_SIZE))) {
+    // Mapped once, with a guard page below it: a child that overran its stack would otherwise write
+    // over the runner's memory.
+    long page = sysconf(_SC_PAGESIZE);
+    char *map = mmap(NULL, CHILD_STACK_SIZE + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (map != MAP_FAILED && mprotect(map, page, PROT_NONE) == 0) {
+      found->base = map + page;
       found->next = stacks;
       stacks = found;
     } else {
+      if (map != MAP_FAILED) munmap(map, CHILD_STACK_SIZE + page);
       free(found);
       found = NULL;
     }
@@ -737,6 +752,7 @@ static int watch(script *s) {
   if (s->pidfd < 0) s->pidfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
   if (s->pidfd < 0) {
     int err = errno;
+    kill(s->pid, SIGKILL); /* itself: it may not have made its process group yet */
     kill(-s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
     remove_live(s->pid);
@@ -914,6 +930,26 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
 }
 
 /** pause(handle) / resume(handle): stop and restart reading stdout (backpressure). */
+/**
+ * signalScript(handle, signal) → false once the script has been reaped. The signal goes to the
+ * script itself, through its pidfd: a script just started may not have made its process group yet
+ * (the spawn does not wait for it), and the pidfd cannot reach another process that got its pid.
+ */
+static napi_value signal_script(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value args[2], result;
+  napi_get_cb_info(env, info, &argc, args, NULL, NULL);
+  void *data = NULL;
+  int32_t sig = 0;
+  bool sent = false;
+  if (argc == 2 && napi_get_value_external(env, args[0], &data) == napi_ok && napi_get_value_int32(env, args[1], &sig) == napi_ok) {
+    script *s = data;
+    sent = s->pidfd >= 0 && syscall(SYS_pidfd_send_signal, s->pidfd, sig, NULL, 0) == 0;
+  }
+  napi_get_boolean(env, sent, &result);
+  return result;
+}
+
 static napi_value pause_stdout(napi_env env, napi_callback_info info) {
   script *s = script_arg(env, info);
   if (s && s->out_open) {
@@ -1040,6 +1076,7 @@ NAPI_MODULE_INIT() {
       {"pause", NULL, pause_stdout, NULL, NULL, NULL, napi_default, NULL},
       {"resume", NULL, resume_stdout, NULL, NULL, NULL, napi_default, NULL},
       {"closeStdout", NULL, close_stdout, NULL, NULL, NULL, napi_default, NULL},
+      {"signalScript", NULL, signal_script, NULL, NULL, NULL, napi_default, NULL},
       {"setSubreaper", NULL, set_subreaper, NULL, NULL, NULL, napi_default, NULL},
       {"reap", NULL, reap, NULL, NULL, NULL, napi_default, NULL},
       {"otherChildren", NULL, other_children, NULL, NULL, NULL, napi_default, NULL},
