@@ -23,7 +23,8 @@ const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
     "The runner's overhead on cgi-bin/hello.sh against a bare spawn, request by request in alternation (and so too for a\n" +
-    'spawn through the Python helper, a node:http hello and lighttpd mod_cgi), then requests/s with wrk at 1 and 16\n' +
+    'spawn through the Python helper, a node:http hello and lighttpd mod_cgi), and for serve and lighttpd in runs of 50\n' +
+    'consecutive requests against runs of 50 bare spawns; then requests/s with wrk at 1 and 16\n' +
     'connections against lighttpd mod_cgi and Apache mod_cgid, and of serve with the Python helper and with\n' +
     'child_process.spawn (CGI_RUNNER_SPAWNER). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup).',
   flags: {
@@ -125,7 +126,8 @@ def spawned():
 # runs, as only its own scripts would on a server. Interleaving all five instead put three other
 # servers between two requests of each, which pushes a process out of the caches, and a large one
 # (Node's code and heap) more than a small one (lighttpd). Blocks of pairs rotate over the kinds, so
-# that a machine whose speed drifts affects them alike.
+# that a machine whose speed drifts affects them alike. Even the one bare spawn between two requests
+# does that, which a server that gets its requests back to back does not meet: hence the runs below.
 kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else [])
 # Unmeasured first: a Node server's code is compiled to its fastest form only after a while.
 for _, run in kinds:
@@ -147,10 +149,26 @@ for start in range(0, n, block):
                 t0 = time.perf_counter()
                 f()
                 (bare_samples[name] if which == 'bare' else samples[name]).append(time.perf_counter() - t0)
+# Then serve and lighttpd in runs: a run of consecutive requests, then as many consecutive bare
+# spawns, and so on, as a server meets requests that come back to back. The first two of each run
+# are left out: they pay for the switch from the other kind.
+run_length = 50
+runs = {name: [] for name, _ in kinds if name in ('http', 'peer')}
+run_bare = {name: [] for name in runs}
+for start in range(0, n, run_length):
+    for name, run in kinds:
+        if name not in runs:
+            continue
+        for which, f in ((name, run), ('bare', bare)):
+            for i in range(run_length):
+                t0 = time.perf_counter()
+                f()
+                if i >= 2:
+                    (run_bare[name] if which == 'bare' else runs[name]).append(time.perf_counter() - t0)
 assert b'hello' in http()
 helper.stdin.close()
 helper.wait()
-print(json.dumps({'kinds': samples, 'bare': bare_samples}))
+print(json.dumps({'kinds': samples, 'bare': bare_samples, 'runs': runs, 'runBare': run_bare}))
 `;
 
 interface Target {
@@ -259,16 +277,16 @@ async function main(): Promise<void> {
     });
     type Kind = 'helper' | 'http' | 'floor' | 'peer';
     type Stats = { median: number; p99: number };
-    const samples = JSON.parse(stdout) as { kinds: Partial<Record<Kind, number[]>>; bare: Partial<Record<Kind, number[]>> };
+    const samples = JSON.parse(stdout) as { kinds: Partial<Record<Kind, number[]>>; bare: Partial<Record<Kind, number[]>>; runs: Partial<Record<Kind, number[]>>; runBare: Partial<Record<Kind, number[]>> };
     const stats = (xs: number[]) => {
       const sorted = xs.map((x) => x * 1000).sort((a, b) => a - b);
       return { median: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
     };
     const minus = (a: Stats, b: Stats) => ({ median: a.median - b.median, p99: a.p99 - b.p99 });
-    /** A kind's figures, its bare spawns' (the other half of its pairs) and the difference. */
-    const paired = (kind: Kind) => {
-      const own = samples.kinds[kind];
-      const bare = samples.bare[kind];
+    /** A kind's figures, its bare spawns' (the other half of its pairs, or of its runs) and the difference. */
+    const paired = (kind: Kind, inRuns = false) => {
+      const own = (inRuns ? samples.runs : samples.kinds)[kind];
+      const bare = (inRuns ? samples.runBare : samples.bare)[kind];
       if (!own || !bare) return undefined;
       const x = stats(own);
       const b = stats(bare);
@@ -278,6 +296,8 @@ async function main(): Promise<void> {
     const helper = paired('helper')!;
     const httpFloor = paired('floor')!;
     const peer = paired('peer');
+    const serveInRuns = paired('http', true)!;
+    const peerInRuns = paired('peer', true);
     const overhead = {
       requests,
       warmup,
@@ -286,6 +306,8 @@ async function main(): Promise<void> {
       helper,
       httpFloor,
       lighttpd: peer,
+      // The same in runs of 50 consecutive requests against runs of 50 consecutive bare spawns.
+      inRuns: { runLength: 50, serve: serveInRuns, lighttpd: peerInRuns },
       // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
       // helper would add to a spawn, were `serve` using it.
       breakdown: {
@@ -311,6 +333,9 @@ async function main(): Promise<void> {
     const b = overhead.breakdown;
     console.log(`  of the median overhead: Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
     console.log(`  (the Python helper, the fallback without the native addon, adds ${b.helper.toFixed(3)} to a spawn)`);
+    console.log(`\nthe same in runs of 50 consecutive requests, each followed by 50 consecutive bare spawns (ms):`);
+    row('serve -> hello.sh', serveInRuns);
+    if (peerInRuns) row('lighttpd mod_cgi -> hello.sh', peerInRuns);
 
     if (!values['skip-throughput']) {
       // 2. Throughput against the peers, same script, rounds interleaved.
