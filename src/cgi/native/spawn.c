@@ -38,6 +38,12 @@
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
 
 #define STDOUT_PIPE_SIZE (256 * 1024) /* fewer, larger reads for scripts that write a lot */
 #define READ_SIZE (256 * 1024)
