@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseCpuList } from '../src/bench/pinning.ts';
-import { TreeSampler, procAvailable, readStat, survivors, treePids } from '../src/bench/proc-stats.ts';
+import { TreeSampler, procAvailable, readStat, survivors, treePids, treeRssBytes, type ProcStat } from '../src/bench/proc-stats.ts';
 
 test('CPU of short-lived children is counted after they exit (cutime/cstime of the parent)', { skip: !procAvailable() && 'needs /proc' }, async () => {
   // A parent shell that starts busy children one after another, like a CGI host, then idles.
@@ -41,4 +41,19 @@ test('CPU of short-lived children is counted after they exit (cutime/cstime of t
 test('taskset CPU lists', () => {
   assert.deepEqual(parseCpuList('0'), [0]);
   assert.deepEqual(parseCpuList('0-2,5'), [0, 1, 2, 5]);
+});
+
+test('the RSS of a tree counts a child that still shares its parent\'s memory once', () => {
+  const proc = (pid: number, ppid: number, comm: string, vsizeBytes: number, rssBytes: number, state = 'S'): ProcStat => ({ pid, ppid, comm, vsizeBytes, rssBytes, state, selfTicks: 0, childTicks: 0, startTime: 0 });
+  const runner = proc(10, 1, 'node', 1_200_000_000, 100_000_000);
+  const cases: Array<[string, ProcStat[], number]> = [
+    ['the runner alone', [runner], 100_000_000],
+    // Between clone(CLONE_VM) and execve: the runner's name and exactly its virtual size.
+    ['two children before their execve', [runner, proc(11, 10, 'node', 1_200_000_000, 100_000_000), proc(12, 10, 'node', 1_200_000_000, 100_000_000)], 100_000_000],
+    ['a script after its execve', [runner, proc(11, 10, 'sh', 2_600_000, 1_500_000)], 101_500_000],
+    // A Node CGI script is a node process of its own, with a virtual size of its own.
+    ['a node script', [runner, proc(11, 10, 'node', 1_100_000_000, 40_000_000)], 140_000_000],
+    ['a zombie', [runner, proc(11, 10, 'sh', 0, 0, 'Z')], 100_000_000],
+  ];
+  for (const [name, tree, bytes] of cases) assert.equal(treeRssBytes(tree), bytes, name);
 });

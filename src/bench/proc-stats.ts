@@ -14,6 +14,10 @@ export interface ProcStat {
   rssBytes: number;
   /** Start time in clock ticks since boot: with the pid, identifies a process even after pid reuse. */
   startTime: number;
+  /** The command name (field 2). */
+  comm: string;
+  /** Virtual memory size in bytes. */
+  vsizeBytes: number;
 }
 
 let ticksPerSecond: number | undefined;
@@ -51,7 +55,8 @@ export function readStat(pid: number): ProcStat | undefined {
     return undefined;
   }
   // The command name (field 2) may contain spaces and parentheses: the fields start after the last ')'.
-  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const close = text.lastIndexOf(')');
+  const f = text.slice(close + 2).split(' ');
   // f[0] is field 3 (state); utime is field 14, so f[11]; stime f[12], cutime f[13], cstime f[14], rss (pages) field 24 = f[21].
   return {
     pid,
@@ -61,6 +66,8 @@ export function readStat(pid: number): ProcStat | undefined {
     childTicks: Number(f[13]) + Number(f[14]),
     rssBytes: Number(f[21]) * pageBytes(),
     startTime: Number(f[19]),
+    comm: text.slice(text.indexOf('(') + 1, close),
+    vsizeBytes: Number(f[20]),
   };
 }
 
@@ -176,9 +183,21 @@ export function treeCpuTicks(tree: readonly ProcStat[]): number {
   return ticks;
 }
 
+/**
+ * The sum of RSS over a tree. A child that still shares its parent's memory (the runner's
+ * clone(CLONE_VM) child before its execve, or a fork child before its exec) reports the parent's
+ * RSS as its own: it has the parent's command name and exactly its virtual size, and is left out,
+ * or a sample that caught two such children would count the runner three times.
+ */
 export function treeRssBytes(tree: readonly ProcStat[]): number {
+  const byPid = new Map(tree.map((s) => [s.pid, s]));
   let bytes = 0;
-  for (const s of tree) if (s.state !== 'Z') bytes += s.rssBytes;
+  for (const s of tree) {
+    if (s.state === 'Z') continue;
+    const parent = byPid.get(s.ppid);
+    if (parent && parent.comm === s.comm && parent.vsizeBytes === s.vsizeBytes) continue;
+    bytes += s.rssBytes;
+  }
   return bytes;
 }
 
