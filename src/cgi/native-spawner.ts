@@ -14,6 +14,8 @@ type ScriptHandle = object;
 interface SpawnAddon extends ReaperCalls {
   /** Throws when the kernel lacks pidfd_open or close_range. */
   check(): void;
+  /** spawn() holds its thread until the script has called execve (not on x86-64 or arm64). */
+  readonly waitsForExec: boolean;
   /** Signal dispositions are read again at the next spawn (a signal got a handler). */
   forgetDispositions(): void;
   /** Where every script's events go, with the target its spawn() was given. */
@@ -241,12 +243,12 @@ export class NativeSpawner implements Spawner {
     let env = '';
     for (const name in request.env) env += `${name}=${request.env[name]}\0`;
     this.live.add(proc);
-    // Where the addon's spawn waits for execve (not on x86-64 or arm64, where it never waits and
-    // runs here), on a worker thread while other scripts are busy: the spawn holds its thread until
-    // the new process has called execve, which on busy cores waits for a turn to run. With no other
-    // script at work that wait is short and the hand-over to a thread would cost more, so the spawn
-    // happens here. (A script whose stdout has ended is done with, even before its exit is seen.)
-    const inThread = this.busy > 0;
+    // Where the addon's spawn waits for execve (not on x86-64 or arm64), on a worker thread while
+    // other scripts are busy: the spawn holds its thread until the new process has called execve,
+    // which on busy cores waits for a turn to run. With no other script at work that wait is short
+    // and the hand-over to a thread would cost more, so the spawn happens here. (A script whose
+    // stdout has ended is done with, even before its exit is seen.)
+    const inThread = this.addon.waitsForExec && this.busy > 0;
     this.busy++;
     proc.busy = true;
     try {

@@ -62,6 +62,24 @@ typedef struct queued_event {
   char data[];
 } queued_event;
 
+/**
+ * Everything the child reads, written before clone and left alone until the script has exited: the
+ * runner goes on (and closes its copies of these descriptors) while the child sets itself up.
+ */
+typedef struct child_block {
+  const char *file;
+  const char *cwd;
+  char *const *argv;
+  char *const *envp;
+  int stdin_fd; /* -1: /dev/null */
+  int stdout_fd;
+  int stderr_fd;
+  pid_t runner;
+  int reset[NSIG]; /* the signals to set back to their default */
+  int reset_count;
+  volatile int error; /* set by the child when it cannot execute the script */
+} child_block;
+
 typedef struct script {
   napi_env env;
   /* What the events are for: handed back to the event handler as its first argument. */
@@ -74,12 +92,12 @@ typedef struct script {
   char **envp;
   bool with_stdin;
   /* What the child reads, and the error it leaves (see script_child). */
-  struct child_block *child;
+  child_block *child;
   /* Its result. */
   int fds[6]; /* stdin r/w, stdout r/w, stderr r/w */
   pid_t pid;
   int error;
-  const char *failed_call;
+  const char *failed_call; /* the call that failed: "pipe", "clone", … */
   /* While it runs. */
   uv_pipe_t out;
   uv_pipe_t err;
@@ -477,8 +495,6 @@ static void on_first_read_due(uv_timer_t *timer) {
   end_deferral((script *)timer->data, false);
 }
 
-static int child_exec_error(script *s);
-
 /** The pidfd is readable: the script has exited. Reap it and report (wait status, group still alive). */
 static void on_exit_ready(uv_poll_t *poll, int status, int events) {
   (void)status;
@@ -499,10 +515,10 @@ static void on_exit_ready(uv_poll_t *poll, int status, int events) {
   // A script that exits before its pipes were first read: its whole output, the ends of its pipes
   // and its exit reach JS together.
   end_deferral(s, true);
-  int exec_error = child_exec_error(s);
-  if (exec_error) {
+  // The child could not execute the script (see script_child): its error, then its exit.
+  if (s->child && s->child->error) {
     char message[4300];
-    int length = snprintf(message, sizeof message, "cannot execute %s: %s", s->file, strerror(exec_error));
+    int length = snprintf(message, sizeof message, "cannot execute %s: %s", s->file, strerror(s->child->error));
     queue(s, EV_FAILED, message, length < 0 ? 0 : (size_t)length >= sizeof message ? sizeof message - 1 : (size_t)length, 0, false);
   }
   queue(s, EV_EXIT, NULL, 0, wait_status, group_left);
@@ -575,24 +591,6 @@ static inline long raw_call(long n, long a, long b, long c, long d) {
   return ret < 0 ? -errno : ret;
 }
 #endif
-
-/**
- * Everything the child reads, written before clone and left alone until the script has exited: the
- * runner goes on (and closes its copies of these descriptors) while the child sets itself up.
- */
-typedef struct child_block {
-  const char *file;
-  const char *cwd;
-  char *const *argv;
-  char *const *envp;
-  int stdin_fd; /* -1: /dev/null */
-  int stdout_fd;
-  int stderr_fd;
-  pid_t runner;
-  int reset[NSIG]; /* the signals to set back to their default */
-  int reset_count;
-  volatile int error; /* set by the child when it cannot execute the script */
-} child_block;
 
 /**
  * The child, between clone and execve: only system calls, and nothing written but its error. Any
@@ -681,7 +679,7 @@ static child_stack *take_stack(void) {
  * execve: the event loop goes on with the request (and the next ones) while the child sets itself
  * up on another core, and no spawn is handed to a worker thread to wait there (at 16 connections,
  * 8% more requests/s than waiting on worker threads). So a failure to execute the script reaches
- * JS with its exit (see child_exec_error). Also unlike posix_spawn, it resets only the signals that
+ * JS with its exit (see on_exit_ready). Also unlike posix_spawn, it resets only the signals that
  * are not at their default, and it reuses the child's stacks instead of mapping one per spawn,
  * whose unmap costs a TLB flush on every core the runner runs on: together 40% of a spawn's time.
  */
@@ -739,11 +737,6 @@ static void run_spawn(script *s) {
   close(fds[5]);
   if (s->with_stdin) close(fds[0]);
   fds[3] = fds[5] = fds[0] = -1;
-}
-
-/** Why the script could not be executed (an errno), or 0; known once it has exited. */
-static int child_exec_error(script *s) {
-  return s->child ? s->child->error : 0;
 }
 
 static void execute_spawn(napi_env env, void *data) {
@@ -807,8 +800,7 @@ static void complete_spawn(napi_env env, napi_status status, void *data) {
   napi_open_handle_scope(env, &scope);
   if (s->error) {
     char message[4300];
-    if (s->failed_call) snprintf(message, sizeof message, "cannot start %s: %s: %s", s->file, s->failed_call, strerror(s->error));
-    else snprintf(message, sizeof message, "cannot execute %s: %s", s->file, strerror(s->error));
+    snprintf(message, sizeof message, "cannot start %s: %s: %s", s->file, s->failed_call, strerror(s->error));
     napi_value reason;
     napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &reason);
     close_fds(s);
@@ -920,9 +912,6 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
   napi_create_reference(env, args[6], 1, &s->target);
   s->js_held = true;
   napi_create_external(env, s, finalize_handle, NULL, &handle);
-#ifdef SPAWN_WITHOUT_WAITING
-  in_thread = false; /* the spawn does not wait for execve: nothing to hand to a thread */
-#endif
   if (in_thread) {
     napi_value name;
     napi_create_string_utf8(env, "cgi-spawn", NAPI_AUTO_LENGTH, &name);
@@ -935,7 +924,6 @@ static napi_value spawn_script(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-/** pause(handle) / resume(handle): stop and restart reading stdout (backpressure). */
 /**
  * signalScript(handle, signal) → false once the script has been reaped. The signal goes to the
  * script itself, through its pidfd: a script just started may not have made its process group yet
@@ -956,6 +944,7 @@ static napi_value signal_script(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/** pause(handle) / resume(handle): stop and restart reading stdout (backpressure). */
 static napi_value pause_stdout(napi_env env, napi_callback_info info) {
   script *s = script_arg(env, info);
   if (s && s->out_open) {
@@ -1091,5 +1080,14 @@ NAPI_MODULE_INIT() {
       {"check", NULL, check, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof methods / sizeof methods[0], methods);
+  // waitsForExec: whether spawn() holds its thread until the script has called execve (CLONE_VFORK,
+  // see run_spawn); only then is a spawn worth handing to a worker thread (inThread).
+  napi_value waits;
+#ifdef SPAWN_WITHOUT_WAITING
+  napi_get_boolean(env, false, &waits);
+#else
+  napi_get_boolean(env, true, &waits);
+#endif
+  napi_set_named_property(env, exports, "waitsForExec", waits);
   return exports;
 }
