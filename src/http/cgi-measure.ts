@@ -1,4 +1,4 @@
-// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
+// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, and in runs of consecutive requests, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
 //
 //   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] (see --help)
 //
@@ -40,6 +40,8 @@ const requests = intFlag(values, 'requests', 1);
 const duration = numberFlag(values, 'duration');
 const rounds = intFlag(values, 'rounds', 1);
 const warmup = intFlag(values, 'warmup', 0);
+/** Requests (and bare spawns) in a row in the second overhead test. */
+const runLength = 50;
 
 // The client of the overhead test: Python, so that neither side of the comparison pays for a Node
 // client. It measures (1) a bare spawn of the script (posix_spawn, read stdout to EOF, wait) in
@@ -51,7 +53,7 @@ const warmup = intFlag(values, 'warmup', 0);
 // runner. (2) minus (1) is what a helper process would add; (5) minus (1), lighttpd's own overhead.
 const overheadClient = String.raw`
 import json, os, re, socket, struct, subprocess, sys, time
-port, script, n, helper_script, floor_port, peer_port, warmup = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
+port, script, n, helper_script, floor_port, peer_port, warmup, run_length = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
 env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
        'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
        'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
@@ -149,10 +151,9 @@ for start in range(0, n, block):
                 t0 = time.perf_counter()
                 f()
                 (bare_samples[name] if which == 'bare' else samples[name]).append(time.perf_counter() - t0)
-# Then serve and lighttpd in runs: a run of consecutive requests, then as many consecutive bare
+# Then serve and lighttpd in runs: run_length consecutive requests, then as many consecutive bare
 # spawns, and so on, as a server meets requests that come back to back. The first two of each run
 # are left out: they pay for the switch from the other kind.
-run_length = 50
 runs = {name: [] for name, _ in kinds if name in ('http', 'peer')}
 run_bare = {name: [] for name in runs}
 for start in range(0, n, run_length):
@@ -271,7 +272,7 @@ async function main(): Promise<void> {
     if (lighttpd) background.push(lighttpd);
     const helperScript = path.join(repo, 'src/cgi/spawner.py');
     const peerPort = lighttpd ? new URL(lighttpd.url).port : '0';
-    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup)], {
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup), String(runLength)], {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
@@ -306,8 +307,8 @@ async function main(): Promise<void> {
       helper,
       httpFloor,
       lighttpd: peer,
-      // The same in runs of 50 consecutive requests against runs of 50 consecutive bare spawns.
-      inRuns: { runLength: 50, serve: serveInRuns, lighttpd: peerInRuns },
+      // The same in runs of consecutive requests against runs of as many consecutive bare spawns.
+      inRuns: { runLength, serve: serveInRuns, lighttpd: peerInRuns },
       // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
       // helper would add to a spawn, were `serve` using it.
       breakdown: {
@@ -333,7 +334,7 @@ async function main(): Promise<void> {
     const b = overhead.breakdown;
     console.log(`  of the median overhead: Node HTTP front ${b.httpFront.toFixed(3)}, the rest of the runner ${b.runner.toFixed(3)}`);
     console.log(`  (the Python helper, the fallback without the native addon, adds ${b.helper.toFixed(3)} to a spawn)`);
-    console.log(`\nthe same in runs of 50 consecutive requests, each followed by 50 consecutive bare spawns (ms):`);
+    console.log(`\nthe same in runs of ${runLength} consecutive requests, each followed by ${runLength} consecutive bare spawns (ms):`);
     row('serve -> hello.sh', serveInRuns);
     if (peerInRuns) row('lighttpd mod_cgi -> hello.sh', peerInRuns);
 
