@@ -1,4 +1,4 @@
-// The Node flags `serve` runs with (package.json's start script and the benchmarks that start it say the same; a test keeps them in step).
+// The Node flags `serve` runs with (package.json's start script, the package bin's shebang and the benchmarks that start it say the same; tests keep them in step).
 //
 // --max-semi-space-size=32: V8's young generation may grow to 2 × 32 MiB instead of 2 × 16 MiB.
 // Every request allocates short-lived objects; a larger young generation is collected half as

@@ -103,6 +103,25 @@ describe('npm start', () => {
       await stop(proc, 'SIGKILL', 1000);
     }
   });
+
+  test('the package bin, run as a program, starts node with the same flags as `npm start` and serves', async () => {
+    // Run through its shebang, as npm's bin link runs it: not as an argument to node.
+    const proc = await startProcess({ name: 'cgi-runner serve (bin)', command: path.join(repoRoot, 'bin/cgi-runner.js'), args: ['serve', '--port', '0'], cwd: repoRoot });
+    try {
+      const deadline = Date.now() + 20_000;
+      let base: string | undefined;
+      while (!(base = /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1])) {
+        assert.ok(Date.now() < deadline, `serve did not start: ${proc.outputTail()}`);
+        await sleep(50);
+      }
+      assert.equal(await (await fetch(`${base}/cgi-bin/hello.sh`)).text(), 'hello\n');
+      const args = cmdline(proc.pid).split(' ');
+      assert.match(path.basename(args[0]!), /^node/, cmdline(proc.pid));
+      for (const flag of serveNodeFlags) assert.ok(args.includes(flag), `the bin's node runs with ${flag}: ${cmdline(proc.pid)}`);
+    } finally {
+      await stop(proc, 'SIGTERM', 5000);
+    }
+  });
 });
 
 describe('the process manager', () => {
