@@ -1,7 +1,7 @@
-// The percentile arithmetic of the benchmark on known inputs: histogram percentiles, merging, and the median of rounds.
+// The percentile arithmetic of the benchmark on known inputs: histogram percentiles, merging, the median of rounds and the round-by-round comparison of two targets.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LatencyHistogram, median, medianOfRounds } from '../src/bench/histogram.ts';
+import { LatencyHistogram, median, medianOfRounds, pairedComparison } from '../src/bench/histogram.ts';
 import { combine } from '../src/bench/rounds.ts';
 import type { LoadResult } from '../src/bench/loadgen.ts';
 
@@ -105,4 +105,24 @@ test('combining rounds into a result: summed counts, median rate and CPU, peak R
   near(r.latencyMs.max, 3, 'max');
   assert.equal(r.cpuMsPerRequest, 0.5);
   assert.equal(r.peakRssMb, 60);
+});
+
+test('paired comparison: the median of per-round ratios and the rounds ahead', () => {
+  const cases: { a: number[]; b: number[]; want: { medianRatio: number; ahead: number; rounds: number } }[] = [
+    // Ahead in two rounds of three; the middle ratio is 1.1.
+    { a: [110, 90, 220], b: [100, 100, 200], want: { medianRatio: 1.1, ahead: 2, rounds: 3 } },
+    // A slow round for both moves neither the ratio nor the count.
+    { a: [100, 50, 100], b: [100, 50, 100], want: { medianRatio: 1, ahead: 0, rounds: 3 } },
+    // Paired by round, not by rank: a's best round was b's better one too, and a trails in every round.
+    { a: [90, 180], b: [100, 200], want: { medianRatio: 0.9, ahead: 0, rounds: 2 } },
+    // Unequal lengths: only the rounds both have; a round where b measured nothing is left out.
+    { a: [120, 100, 300], b: [100, 0], want: { medianRatio: 1.2, ahead: 1, rounds: 1 } },
+  ];
+  for (const { a, b, want } of cases) {
+    const got = pairedComparison(a, b);
+    assert.equal(got.ahead, want.ahead, JSON.stringify({ a, b }));
+    assert.equal(got.rounds, want.rounds, JSON.stringify({ a, b }));
+    assert.ok(Math.abs(got.medianRatio - want.medianRatio) < 1e-9, `${JSON.stringify({ a, b })}: ${got.medianRatio}`);
+  }
+  assert.ok(Number.isNaN(pairedComparison([], [1]).medianRatio));
 });

@@ -76,6 +76,24 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/** How one target compared with another over rounds run side by side: the median of their per-round ratios, and the rounds the first was ahead in. */
+export interface PairedComparison {
+  medianRatio: number;
+  ahead: number;
+  rounds: number;
+}
+
+/**
+ * Compares `a` with `b` round by round (a[i] with b[i], measured in the same round). On a machine
+ * whose speed drifts between rounds, the ratio within a round moves less than either figure, so
+ * this says more than a ratio of medians. Rounds missing on either side are left out.
+ */
+export function pairedComparison(a: readonly number[], b: readonly number[]): PairedComparison {
+  const ratios: number[] = [];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (b[i]! > 0) ratios.push(a[i]! / b[i]!);
+  return { medianRatio: median(ratios), ahead: ratios.filter((r) => r > 1).length, rounds: ratios.length };
+}
+
 /**
  * Combines the summaries of several rounds of the same measurement: each percentile is the median
  * of that percentile over the rounds, so one round disturbed by something else on the machine does

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { serveNodeFlags } from '../node-flags.ts';
-import { median } from '../bench/histogram.ts';
+import { median, pairedComparison, type PairedComparison } from '../bench/histogram.ts';
 import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
@@ -347,7 +347,8 @@ async function main(): Promise<void> {
       const results: Record<string, Record<string, number[]>> = {};
       for (const c of [1, 16]) {
         for (let round = 0; round < rounds; round++) {
-          for (const target of targets) {
+          // Every other round in the reverse order, so that no target always follows the same one.
+          for (const target of round % 2 === 0 ? targets : [...targets].reverse()) {
             const threads = Math.min(c, Math.max(1, os.availableParallelism()));
             // Unmeasured: a new connection (wrk opens its own) sends a Node server through a few
             // deoptimizations and recompilations first, and the other targets' runs have just
@@ -361,12 +362,22 @@ async function main(): Promise<void> {
         }
       }
       const table: Record<string, Record<string, number>> = {};
-      console.log(`\nrequests/s for hello.sh (wrk, ${duration} s per run after ${warmup} s unmeasured, median of ${rounds} interleaved rounds):`);
+      console.log(`\nrequests/s for hello.sh (wrk, ${duration} s per run after ${warmup} s unmeasured, median of ${rounds} interleaved rounds, every other one in the reverse order):`);
       for (const [name, byC] of Object.entries(results)) {
         table[name] = Object.fromEntries(Object.entries(byC).map(([k, xs]) => [k, median(xs)]));
         console.log(`  ${name.padEnd(36)} 1 conn ${table[name].c1!.toFixed(0).padStart(6)}   16 conns ${table[name].c16!.toFixed(0).padStart(6)}   (runs: ${JSON.stringify(byC)})`);
       }
-      report.throughput = { duration, warmup, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results };
+      // serve against lighttpd round by round: the machine's drift moves both within a round.
+      const paired: Record<string, PairedComparison> = {};
+      const servedRuns = results[serve.name];
+      const peerRuns = lighttpd ? results[lighttpd.name] : undefined;
+      if (servedRuns && peerRuns) {
+        for (const c of ['c1', 'c16']) {
+          const p = (paired[c] = pairedComparison(servedRuns[c] ?? [], peerRuns[c] ?? []));
+          console.log(`  serve / lighttpd at ${c.slice(1)} conn${c === 'c1' ? '' : 's'}, round by round: median ${p.medianRatio.toFixed(2)}x, serve ahead in ${p.ahead} of ${p.rounds} rounds`);
+        }
+      }
+      report.throughput = { duration, warmup, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results, serveAgainstLighttpd: paired };
     }
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
     if (typeof values.json === 'string') fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
