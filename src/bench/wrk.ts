@@ -35,9 +35,11 @@ function parseWrk(text: string): WrkSample {
 }
 
 /** `wrk -tT -cC -dSs --latency URL`. */
-export async function runWrk(url: string, options: { threads: number; connections: number; seconds: number }): Promise<WrkSample> {
+export async function runWrk(url: string, options: { threads: number; connections: number; seconds: number; /** taskset CPU list to run wrk on. */ cpus?: string }): Promise<WrkSample> {
+  const wrk = findPeer('wrk') ?? 'wrk';
   const args = [`-t${options.threads}`, `-c${options.connections}`, `-d${options.seconds}s`, '--latency', url];
-  const { stdout } = await execFileAsync(findPeer('wrk') ?? 'wrk', args, { timeout: (options.seconds + 30) * 1000 }).catch((err: Error & { stderr?: string }) => {
+  const [command, argv] = options.cpus === undefined ? [wrk, args] : ['taskset', ['-c', options.cpus, wrk, ...args]];
+  const { stdout } = await execFileAsync(command, argv, { timeout: (options.seconds + 30) * 1000 }).catch((err: Error & { stderr?: string }) => {
     throw new Error(`wrk failed: ${err.stderr || err.message}`);
   });
   return parseWrk(stdout);

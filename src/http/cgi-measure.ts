@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { serveNodeFlags } from '../node-flags.ts';
 import { median, pairedComparison, type PairedComparison } from '../bench/histogram.ts';
+import { pinTree, planPinning } from '../bench/pinning.ts';
 import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
@@ -34,6 +35,7 @@ const values = parseScriptArgs({
     warmup: { type: 'string', valueName: 'SECONDS', default: '1', description: 'whole seconds unmeasured: of each kind before the overhead test (at least 50 pairs, even with 0), and a wrk run before each measured one' },
     json: { type: 'string', valueName: 'FILE', description: 'write the figures as JSON' },
     'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
+    pin: { type: 'boolean', description: 'in the throughput test, the servers and their scripts on one core and wrk on another (taskset), as in `npm run bench`' },
   },
 });
 const requests = intFlag(values, 'requests', 1);
@@ -345,6 +347,16 @@ async function main(): Promise<void> {
       if (lighttpd) targets.push(lighttpd);
       if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));
       const results: Record<string, Record<string, number[]>> = {};
+      // --pin: each server's tree on the server CPUs (the scripts it starts later inherit that), wrk on the other.
+      let wrkCpus: string | undefined;
+      if (values.pin) {
+        const plan = planPinning();
+        if (!plan.enabled) throw new Error(`cgi-measure: --pin: ${plan.reason}`);
+        for (const target of targets) pinTree(target.pids(), plan.serverCpus);
+        wrkCpus = plan.loadCpus;
+        report.pinning = plan.reason;
+        console.log(`\npinned: ${plan.reason}`);
+      }
       for (const c of [1, 16]) {
         for (let round = 0; round < rounds; round++) {
           // Every other round in the reverse order, so that no target always follows the same one.
@@ -353,8 +365,8 @@ async function main(): Promise<void> {
             // Unmeasured: a new connection (wrk opens its own) sends a Node server through a few
             // deoptimizations and recompilations first, and the other targets' runs have just
             // pushed this one out of the caches.
-            if (warmup > 0) await runWrk(target.url, { threads, connections: c, seconds: warmup });
-            const sample = await runWrk(target.url, { threads, connections: c, seconds: duration });
+            if (warmup > 0) await runWrk(target.url, { threads, connections: c, seconds: warmup, cpus: wrkCpus });
+            const sample = await runWrk(target.url, { threads, connections: c, seconds: duration, cpus: wrkCpus });
             if (sample.errors > 0) throw new Error(`cgi-measure: ${target.name} had ${sample.errors} errors at ${c} connections`);
             const rps = sample.rps;
             ((results[target.name] ??= {})[`c${c}`] ??= []).push(rps);
