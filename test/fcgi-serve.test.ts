@@ -60,6 +60,17 @@ async function serve(procs: number): Promise<RunningServer> {
   return startServe({ port: 0, host: '127.0.0.1', cgiDir: path.join(repoRoot, 'cgi-bin'), timeout: 10, maxBody: 64 * 1024 * 1024, maxScripts: 8, fcgiDir: apps.path, fcgiProcs: procs });
 }
 
+/** The base URL a started `serve` prints (within 20 s). */
+async function servedUrl(proc: { stdout(): string; outputTail(): string }): Promise<string> {
+  const deadline = Date.now() + 20_000;
+  let base: string | undefined;
+  while (!(base = /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1])) {
+    assert.ok(Date.now() < deadline, `serve did not start: ${proc.outputTail()}`);
+    await sleep(50);
+  }
+  return base;
+}
+
 describe('npm start', () => {
   test('serves /cgi-bin/hello.ts (a process per request) and /fcgi/hello (persistent) with the same body; the app starts on first use and stops with serve', async () => {
     // What `npm start` runs, from the repository root (on a free port instead of 8080).
@@ -68,12 +79,7 @@ describe('npm start', () => {
     for (const flag of serveNodeFlags) assert.ok(startArgs.includes(flag), `the start script passes ${flag}, as the benchmarks do`);
     const proc = await startProcess({ name: 'cgi-runner serve', command: process.execPath, args: [...startArgs, '--port', '0'], cwd: repoRoot });
     try {
-      const deadline = Date.now() + 20_000;
-      let base: string | undefined;
-      while (!(base = /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1])) {
-        assert.ok(Date.now() < deadline, `serve did not start: ${proc.outputTail()}`);
-        await sleep(50);
-      }
+      const base = await servedUrl(proc);
       assert.match(proc.stdout(), /serving the apps of .*\/fcgi at http:\/\/.*\/fcgi\/NAME/);
       const appProcesses = () => childPids(proc.pid).filter((pid) => / fcgi --app .*fcgi\/hello\.ts/.test(cmdline(pid)));
       assert.deepEqual(appProcesses(), [], 'no app process before the first request');
@@ -108,12 +114,7 @@ describe('npm start', () => {
     // Run through its shebang, as npm's bin link runs it: not as an argument to node.
     const proc = await startProcess({ name: 'cgi-runner serve (bin)', command: path.join(repoRoot, 'bin/cgi-runner.js'), args: ['serve', '--port', '0'], cwd: repoRoot });
     try {
-      const deadline = Date.now() + 20_000;
-      let base: string | undefined;
-      while (!(base = /at (http:\/\/[^/]+)\/cgi-bin\//.exec(proc.stdout())?.[1])) {
-        assert.ok(Date.now() < deadline, `serve did not start: ${proc.outputTail()}`);
-        await sleep(50);
-      }
+      const base = await servedUrl(proc);
       assert.equal(await (await fetch(`${base}/cgi-bin/hello.sh`)).text(), 'hello\n');
       const args = cmdline(proc.pid).split(' ');
       assert.match(path.basename(args[0]!), /^node/, cmdline(proc.pid));
