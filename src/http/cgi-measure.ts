@@ -1,6 +1,6 @@
 // Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, and in runs of consecutive requests, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
 //
-//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] (see --help)
+//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] [--pin] (see --help)
 //
 // Every server runs as its own process on a free port; rounds alternate between targets so that
 // a noisy machine affects them alike.

@@ -3,8 +3,8 @@
 // Why in-process: libuv's uv_spawn forks, which copies the page tables of the whole Node process
 // and blocks the event loop while it does. With clone(CLONE_VM) nothing is copied. glibc's
 // posix_spawn adds CLONE_VFORK, which holds the calling thread until the child has called execve;
-// on x86-64 and arm64 the spawn here does not wait (see run_spawn): the event loop goes on
-// while the child sets itself up on another core. Elsewhere it waits, as posix_spawn does. A helper
+// on x86-64 and arm64 the spawn here does not wait (see run_spawn): the event loop goes on with
+// its turn, and the child sets itself up when it gets a core. Elsewhere it waits, as posix_spawn does. A helper
 // process avoids the fork too, but every request then crosses two more pipes, and each crossing
 // that wakes another process costs more than the spawn itself saves (src/http/cgi-measure.ts).
 //
@@ -676,9 +676,11 @@ static child_stack *take_stack(void) {
  * The spawn itself: no JS and no N-API here, since it may run on a worker thread. It uses
  * clone(CLONE_VM), which copies nothing, as glibc's posix_spawn does. Unlike posix_spawn, on x86-64
  * and arm64 it does not add CLONE_VFORK, which holds the calling thread until the child has called
- * execve: the event loop goes on with the request (and the next ones) while the child sets itself
- * up on another core, and no spawn is handed to a worker thread to wait there (at 16 connections,
- * 8% more requests/s than waiting on worker threads). So a failure to execute the script reaches
+ * execve: the event loop goes on with the request (and the next ones), and no spawn is handed to a
+ * worker thread to wait there (at 16 connections, 8% more requests/s than waiting on worker
+ * threads). The kernel most often queues the child on the calling thread's own core, where it runs
+ * once the event loop waits: moving it to an idle core (sched_setaffinity) cost the runner more
+ * than it saved (see the README). So a failure to execute the script reaches
  * JS with its exit (see on_exit_ready). Also unlike posix_spawn, it resets only the signals that
  * are not at their default, and it reuses the child's stacks instead of mapping one per spawn,
  * whose unmap costs a TLB flush on every core the runner runs on: together 40% of a spawn's time.
