@@ -30,7 +30,7 @@ interface SpawnAddon extends ReaperCalls {
 }
 
 /** The events of spawn.c's onEvent. */
-const enum Event {
+export const enum SpawnEvent {
   Started,
   Failed,
   Stdout,
@@ -71,7 +71,7 @@ export function loadSpawnAddon(): SpawnAddon | Error {
 }
 
 /** The addon's event handler: one function for every script (not a closure per spawn). */
-function deliver(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
+function deliver(proc: NativeProcess, kind: SpawnEvent, a: unknown, b: unknown): void {
   proc.spawner.onEvent(proc, kind, a, b);
 }
 
@@ -152,30 +152,30 @@ class NativeProcess implements ScriptProcess {
     this.stdin?.on('error', () => {});
   }
 
-  onEvent(kind: Event, a: unknown, b: unknown): void {
+  onEvent(kind: SpawnEvent, a: unknown, b: unknown): void {
     switch (kind) {
-      case Event.Stdout:
+      case SpawnEvent.Stdout:
         if (!this.stdout.push(a as Buffer)) {
           this.paused = true;
           this.addon.pause(this.handle!);
         }
         break;
-      case Event.StdoutEnd:
+      case SpawnEvent.StdoutEnd:
         this.stdout.push(null);
         break;
-      case Event.Stderr:
+      case SpawnEvent.Stderr:
         this.onStderr?.(a as Buffer);
         break;
-      case Event.StderrEnd:
+      case SpawnEvent.StderrEnd:
         this.onStderr?.(null);
         break;
-      case Event.Exit:
+      case SpawnEvent.Exit:
         this.resolveExit(exitFromWaitStatus(a as number, b as boolean));
         break;
-      case Event.Started:
+      case SpawnEvent.Started:
         this.started(a as number, b as number);
         break;
-      case Event.Failed:
+      case SpawnEvent.Failed:
         // Not started (ENOENT, EACCES, ENOEXEC): no output will come, and the reason is the exit.
         this.stdout.push(null);
         this.stdin?.destroy();
@@ -255,25 +255,25 @@ export class NativeSpawner implements Spawner {
       proc.handle = this.addon.spawn(request.file, request.argv, env, request.cwd, request.stdin, inThread, proc, this.firstReadDelayMs);
     } catch (err) {
       // Refused before any spawn (out of memory): as a failed start, so nothing waits for it.
-      this.onEvent(proc, Event.Failed, `cannot start ${request.file}: ${(err as Error).message}`, undefined);
+      this.onEvent(proc, SpawnEvent.Failed, `cannot start ${request.file}: ${(err as Error).message}`, undefined);
     }
     return proc;
   }
 
   /** @internal the addon's events for one of this spawner's scripts (see deliver). */
-  onEvent(proc: NativeProcess, kind: Event, a: unknown, b: unknown): void {
-    if (kind === Event.Batch) {
+  onEvent(proc: NativeProcess, kind: SpawnEvent, a: unknown, b: unknown): void {
+    if (kind === SpawnEvent.Batch) {
       const events = a as unknown[];
-      for (let i = 0; i < events.length; i += 3) this.onEvent(proc, events[i] as Event, events[i + 1], events[i + 2]);
+      for (let i = 0; i < events.length; i += 3) this.onEvent(proc, events[i] as SpawnEvent, events[i + 1], events[i + 2]);
       return;
     }
-    if (proc.busy && (kind === Event.StdoutEnd || kind === Event.Exit || kind === Event.Failed)) {
+    if (proc.busy && (kind === SpawnEvent.StdoutEnd || kind === SpawnEvent.Exit || kind === SpawnEvent.Failed)) {
       proc.busy = false;
       this.busy--;
     }
-    if (kind === Event.Failed) {
+    if (kind === SpawnEvent.Failed) {
       this.live.delete(proc);
-    } else if (kind === Event.Exit) {
+    } else if (kind === SpawnEvent.Exit) {
       this.live.delete(proc);
       this.orphans.scriptExited();
     }

@@ -14,6 +14,7 @@ import { intFlag, numberFlag, parseScriptArgs } from '../command.ts';
 import { serveNodeFlags } from '../node-flags.ts';
 import { median, pairedComparison, type PairedComparison } from '../bench/histogram.ts';
 import { pinTree, planPinning } from '../bench/pinning.ts';
+import { loadSpawnAddon } from '../cgi/native-spawner.ts';
 import { runWrk } from '../bench/wrk.ts';
 import { findPeer, freePort, makeTempDir, startApache, startProcess, stop, waitForPort, type ManagedProcess } from '../peers/index.ts';
 
@@ -26,8 +27,9 @@ const values = parseScriptArgs({
     "The runner's overhead on cgi-bin/hello.sh against a bare spawn, request by request in alternation (and so too for a\n" +
     'spawn through the Python helper, a node:http hello and lighttpd mod_cgi), and for serve and lighttpd in runs of 50\n' +
     'consecutive requests against runs of 50 bare spawns; then requests/s with wrk at 1 and 16\n' +
-    'connections against lighttpd mod_cgi and Apache mod_cgid, and of serve with the Python helper and with\n' +
-    'child_process.spawn (CGI_RUNNER_SPAWNER). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup).',
+    'connections against lighttpd mod_cgi and Apache mod_cgid, of serve with the Python helper and with\n' +
+    'child_process.spawn (CGI_RUNNER_SPAWNER), and of the floor of a Node CGI host (src/bench/cgi-floor.ts: node:http\n' +
+    'and the native addon, nothing else). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup).',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
@@ -210,6 +212,24 @@ async function startHttpHello(): Promise<Target & { port: number }> {
   return { name: 'node:http hello', port, url: `http://127.0.0.1:${port}/`, stop: () => stop(proc), pids: () => [proc.pid] };
 }
 
+/**
+ * The floor of a Node CGI host (src/bench/cgi-floor.ts): node:http and the native addon running the
+ * script, with the Node flags `serve` gets. What `serve` costs beyond it is the runner's own work.
+ */
+async function startCgiFloor(script: string): Promise<Target> {
+  const port = await freePort();
+  const proc = await startProcess({
+    name: 'cgi floor',
+    command: process.execPath,
+    args: [...serveNodeFlags, '--import', 'tsx', 'src/bench/cgi-floor.ts', '--port', String(port), '--script', script],
+    cwd: repo,
+    stdout: 'ignore',
+  });
+  await waitForPort(port, '127.0.0.1', 30_000, proc.exitSignal);
+  return { name: floorName, url: `http://127.0.0.1:${port}/cgi-bin/hello.sh`, stop: () => stop(proc), pids: () => [proc.pid] };
+}
+const floorName = 'node:http + addon, nothing else';
+
 async function startLighttpd(cgiDir: string): Promise<Target> {
   const dir = await makeTempDir('lighttpd-');
   const port = await freePort();
@@ -346,6 +366,7 @@ async function main(): Promise<void> {
       targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=node)', cgiDir, { CGI_RUNNER_SPAWNER: 'node' }));
       if (lighttpd) targets.push(lighttpd);
       if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));
+      if (!(loadSpawnAddon() instanceof Error)) targets.push(await startCgiFloor(script));
       const results: Record<string, Record<string, number[]>> = {};
       // --pin: each server's tree on the server CPUs (the scripts it starts later inherit that), wrk on the other.
       let wrkCpus: string | undefined;
@@ -379,17 +400,30 @@ async function main(): Promise<void> {
         table[name] = Object.fromEntries(Object.entries(byC).map(([k, xs]) => [k, median(xs)]));
         console.log(`  ${name.padEnd(36)} 1 conn ${table[name].c1!.toFixed(0).padStart(6)}   16 conns ${table[name].c16!.toFixed(0).padStart(6)}   (runs: ${JSON.stringify(byC)})`);
       }
-      // serve against lighttpd round by round: the machine's drift moves both within a round.
-      const paired: Record<string, PairedComparison> = {};
-      const servedRuns = results[serve.name];
-      const peerRuns = lighttpd ? results[lighttpd.name] : undefined;
-      if (servedRuns && peerRuns) {
+      // Round by round, since the machine's drift moves both of a pair within a round: serve against
+      // lighttpd; the floor of a Node host against lighttpd (what one could reach) and serve against
+      // the floor (what the runner's own work per request costs).
+      const lighttpdRuns = lighttpd ? results[lighttpd.name] : undefined;
+      const compare = (label: string, a: Record<string, number[]> | undefined, b: Record<string, number[]> | undefined) => {
+        if (!a || !b) return undefined;
+        const byConnections: Record<string, PairedComparison> = {};
         for (const c of ['c1', 'c16']) {
-          const p = (paired[c] = pairedComparison(servedRuns[c] ?? [], peerRuns[c] ?? []));
-          console.log(`  serve / lighttpd at ${c.slice(1)} conn${c === 'c1' ? '' : 's'}, round by round: median ${p.medianRatio.toFixed(2)}x, serve ahead in ${p.ahead} of ${p.rounds} rounds`);
+          const p = (byConnections[c] = pairedComparison(a[c] ?? [], b[c] ?? []));
+          console.log(`  ${label} at ${c.slice(1)} conn${c === 'c1' ? '' : 's'}, round by round: median ${p.medianRatio.toFixed(2)}x, ahead in ${p.ahead} of ${p.rounds} rounds`);
         }
-      }
-      report.throughput = { duration, warmup, rounds, commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`], results: table, runs: results, serveAgainstLighttpd: paired };
+        return byConnections;
+      };
+      report.throughput = {
+        duration,
+        warmup,
+        rounds,
+        commands: ['wrk -t1 -c1 -dNs URL', `wrk -t${Math.min(16, os.availableParallelism())} -c16 -dNs URL`],
+        results: table,
+        runs: results,
+        serveAgainstLighttpd: compare('serve / lighttpd', results[serve.name], lighttpdRuns),
+        floorAgainstLighttpd: compare('the floor / lighttpd', results[floorName], lighttpdRuns),
+        serveAgainstFloor: compare('serve / the floor', results[serve.name], results[floorName]),
+      };
     }
     report.machine = { ...(report.machine as object), loadavgAfter: os.loadavg() };
     if (typeof values.json === 'string') fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
