@@ -25,7 +25,8 @@ const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
     "The runner's overhead on cgi-bin/hello.sh against a bare spawn, request by request in alternation (and so too for a\n" +
-    'spawn through the Python helper, a node:http hello and lighttpd mod_cgi), and for serve and lighttpd in runs of 50\n' +
+    'spawn through the Python helper, a node:http hello, lighttpd mod_cgi and the floor of a Node CGI host), and for serve,\n' +
+    'lighttpd and the floor in runs of 50\n' +
     'consecutive requests against runs of 50 bare spawns; then requests/s with wrk at 1 and 16\n' +
     'connections against lighttpd mod_cgi and Apache mod_cgid, of serve with the Python helper and with\n' +
     'child_process.spawn (CGI_RUNNER_SPAWNER), and of the floor of a Node CGI host (src/bench/cgi-floor.ts: node:http\n' +
@@ -52,12 +53,14 @@ const runLength = 50;
 // alternation with each of: (2) the script spawned by a spawner helper of its own (spawner.py, the
 // fallback `serve` starts scripts through when its native addon is not built), read to the end; (3)
 // a request for it to `serve` (which starts it from its own process); (4) one to a plain node:http
-// hello server; and (5) when it is installed, one for the script to lighttpd; the requests over
+// hello server; (5) when it is installed, one for the script to lighttpd; and (6) when the addon is
+// built, one for it to the floor of a Node CGI host (src/bench/cgi-floor.ts); the requests over
 // kept-alive connections. (4) is what any Node HTTP front costs; the rest of the overhead is the
-// runner. (2) minus (1) is what a helper process would add; (5) minus (1), lighttpd's own overhead.
+// runner. (2) minus (1) is what a helper process would add; (5) minus (1), lighttpd's own overhead;
+// (6) minus (1), what node:http and the addon alone cost.
 const overheadClient = String.raw`
 import json, os, re, socket, struct, subprocess, sys, time
-port, script, n, helper_script, floor_port, peer_port, warmup, run_length = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
+port, script, n, helper_script, floor_port, peer_port, warmup, run_length, host_floor_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
 env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
        'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
        'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
@@ -88,12 +91,15 @@ def get(sock, path):
                 return buf
 serve_sock, floor_sock = connect(port), connect(floor_port)
 peer_sock = connect(peer_port) if peer_port else None
+host_floor_sock = connect(host_floor_port) if host_floor_port else None
 def http():
     return get(serve_sock, b'/cgi-bin/hello.sh')
 def peer():
     return get(peer_sock, b'/cgi-bin/hello.sh')
 def floor():
     return get(floor_sock, b'/')
+def host_floor():
+    return get(host_floor_sock, b'/cgi-bin/hello.sh')
 def bare():
     r, w = os.pipe()
     os.chdir(cwd)
@@ -134,7 +140,7 @@ def spawned():
 # (Node's code and heap) more than a small one (lighttpd). Blocks of pairs rotate over the kinds, so
 # that a machine whose speed drifts affects them alike. Even the one bare spawn between two requests
 # does that, which a server that gets its requests back to back does not meet: hence the runs below.
-kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else [])
+kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else []) + ([('hostFloor', host_floor)] if host_floor_sock else [])
 # Unmeasured first: a Node server's code is compiled to its fastest form only after a while.
 for _, run in kinds:
     until = time.perf_counter() + warmup
@@ -155,10 +161,10 @@ for start in range(0, n, block):
                 t0 = time.perf_counter()
                 f()
                 (bare_samples[name] if which == 'bare' else samples[name]).append(time.perf_counter() - t0)
-# Then serve and lighttpd in runs: run_length consecutive requests, then as many consecutive bare
+# Then serve, lighttpd and the floor in runs: run_length consecutive requests, then as many consecutive bare
 # spawns, and so on, as a server meets requests that come back to back. The first two of each run
 # are left out: they pay for the switch from the other kind.
-runs = {name: [] for name, _ in kinds if name in ('http', 'peer')}
+runs = {name: [] for name, _ in kinds if name in ('http', 'peer', 'hostFloor')}
 run_bare = {name: [] for name in runs}
 for start in range(0, n, run_length):
     for name, run in kinds:
@@ -294,11 +300,15 @@ async function main(): Promise<void> {
     if (lighttpd) background.push(lighttpd);
     const helperScript = path.join(repo, 'src/cgi/spawner.py');
     const peerPort = lighttpd ? new URL(lighttpd.url).port : '0';
-    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup), String(runLength)], {
+    // The floor of a Node CGI host, in both tests: what a request costs with nothing of the runner's.
+    const hostFloor = loadSpawnAddon() instanceof Error ? undefined : await startCgiFloor(script);
+    if (hostFloor) background.push(hostFloor);
+    const hostFloorPort = hostFloor ? new URL(hostFloor.url).port : '0';
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup), String(runLength), hostFloorPort], {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
-    type Kind = 'helper' | 'http' | 'floor' | 'peer';
+    type Kind = 'helper' | 'http' | 'floor' | 'peer' | 'hostFloor';
     type Stats = { median: number; p99: number };
     const samples = JSON.parse(stdout) as { kinds: Partial<Record<Kind, number[]>>; bare: Partial<Record<Kind, number[]>>; runs: Partial<Record<Kind, number[]>>; runBare: Partial<Record<Kind, number[]>> };
     const stats = (xs: number[]) => {
@@ -321,6 +331,8 @@ async function main(): Promise<void> {
     const peer = paired('peer');
     const serveInRuns = paired('http', true)!;
     const peerInRuns = paired('peer', true);
+    const hostFloorStats = paired('hostFloor');
+    const hostFloorInRuns = paired('hostFloor', true);
     const overhead = {
       requests,
       warmup,
@@ -329,8 +341,9 @@ async function main(): Promise<void> {
       helper,
       httpFloor,
       lighttpd: peer,
+      hostFloor: hostFloorStats,
       // The same in runs of consecutive requests against runs of as many consecutive bare spawns.
-      inRuns: { runLength, serve: serveInRuns, lighttpd: peerInRuns },
+      inRuns: { runLength, serve: serveInRuns, lighttpd: peerInRuns, hostFloor: hostFloorInRuns },
       // Where the median overhead goes: any Node HTTP front, and the rest; and what the Python
       // helper would add to a spawn, were `serve` using it.
       breakdown: {
@@ -350,6 +363,7 @@ async function main(): Promise<void> {
     console.log(`  ${''.padEnd(34)} ${'median'.padStart(7)} ${'p99'.padStart(7)}   ${'bare'.padStart(7)} ${'p99'.padStart(7)}   ${'minus'.padStart(7)} ${'p99'.padStart(7)}`);
     row('serve -> hello.sh', serveStats);
     if (peer) row('lighttpd mod_cgi -> hello.sh', peer);
+    if (hostFloorStats) row('node:http + addon -> hello.sh', hostFloorStats);
     row('spawned through the Python helper', helper);
     row('node:http hello (no script)', httpFloor, false);
     console.log(`  runner overhead (serve minus bare): median ${serveStats.overhead.median.toFixed(3)}, p99 ${serveStats.overhead.p99.toFixed(3)}` + (peer ? `; lighttpd's: median ${peer.overhead.median.toFixed(3)}, p99 ${peer.overhead.p99.toFixed(3)}` : ''));
@@ -359,6 +373,7 @@ async function main(): Promise<void> {
     console.log(`\nthe same in runs of ${runLength} consecutive requests, each followed by ${runLength} consecutive bare spawns (ms):`);
     row('serve -> hello.sh', serveInRuns);
     if (peerInRuns) row('lighttpd mod_cgi -> hello.sh', peerInRuns);
+    if (hostFloorInRuns) row('node:http + addon -> hello.sh', hostFloorInRuns);
 
     if (!values['skip-throughput']) {
       // 2. Throughput against the peers, same script, rounds interleaved.
@@ -366,7 +381,7 @@ async function main(): Promise<void> {
       targets.push(await startServeProcess('serve (CGI_RUNNER_SPAWNER=node)', cgiDir, { CGI_RUNNER_SPAWNER: 'node' }));
       if (lighttpd) targets.push(lighttpd);
       if (findPeer('apache2') && findPeer('mod_cgid')) targets.push(await startApacheCgid(cgiDir));
-      if (!(loadSpawnAddon() instanceof Error)) targets.push(await startCgiFloor(script));
+      if (hostFloor) targets.push(hostFloor);
       const results: Record<string, Record<string, number[]>> = {};
       // --pin: each server's tree on the server CPUs (the scripts it starts later inherit that), wrk on the other.
       let wrkCpus: string | undefined;
