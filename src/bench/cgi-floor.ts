@@ -76,7 +76,14 @@ addon.setEventHandler((target, kind, a, b) => {
 const argv = [script];
 const server = http.createServer((_req, res) => {
   // The same first-read delay as `serve` (see NativeSpawner): a script that exits within it is read once.
-  addon.spawn(script, argv, env, cwd, false, false, new Pending(res) as never, 5);
+  try {
+    addon.spawn(script, argv, env, cwd, false, false, new Pending(res) as never, 5);
+  } catch (err) {
+    // Refused before any spawn (out of descriptors or memory).
+    process.stderr.write(`bench: cgi-floor: ${(err as Error).message}\n`);
+    res.writeHead(502, ['Content-Length', '0']);
+    res.end();
+  }
 });
 // A benchmark holds its connections open between rounds: no idle timeout should close them.
 server.keepAliveTimeout = 120_000;
