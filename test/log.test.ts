@@ -15,6 +15,11 @@ test('combined format, as Apache writes it', () => {
     [{ remoteAddr: '::1', remoteUser: 'ann', method: 'HEAD', uri: '/', protocol: 'HTTP/1.0', status: 304, bytes: 0, referer: 'http://r/', userAgent: 'ua' }, '::1 - ann [21/Nov/2026:05:06:07 +0000] "HEAD / HTTP/1.0" 304 - "http://r/" "ua"'],
     // A hostile User-Agent cannot close the field or start a new line.
     [{ method: 'GET', uri: '/', status: 200, bytes: 1, userAgent: 'a" 200 1 "\n\\x' }, '- - - [21/Nov/2026:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "-" "a\\" 200 1 \\"\\x0a\\\\x"'],
+    // Each character that must be escaped, alone in a field (a referer of only a tab, a DEL, a quote, a backslash).
+    ...(['\t', '\x7f', '"', '\\'] as const).map((c): [Parameters<typeof formatCombined>[0], string] => [
+      { method: 'GET', uri: '/', status: 200, bytes: 1, referer: c },
+      `- - - [21/Nov/2026:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "${c === '"' || c === '\\' ? '\\' + c : '\\x' + c.charCodeAt(0).toString(16).padStart(2, '0')}" "-"`,
+    ]),
   ];
   for (const [entry, line] of cases) assert.equal(formatCombined(entry, at), line);
 });
