@@ -65,12 +65,11 @@ class Pending {
   }
 }
 
-addon.setEventHandler((target, kind, a, b) => {
-  if (kind === SpawnEvent.Batch) {
-    const events = a as unknown[];
-    for (let i = 0; i < events.length; i += 3) (target as unknown as Pending).onEvent(events[i] as SpawnEvent, events[i + 1]);
-  } else (target as unknown as Pending).onEvent(kind, a);
-  void b;
+addon.setEventHandler((target, kind, a) => {
+  const pending = target as unknown as Pending;
+  if (kind !== SpawnEvent.Batch) return pending.onEvent(kind, a);
+  const events = a as unknown[];
+  for (let i = 0; i < events.length; i += 3) pending.onEvent(events[i] as SpawnEvent, events[i + 1]);
 });
 
 const argv = [script];

@@ -1,4 +1,4 @@
-// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, and in runs of consecutive requests, one run), and requests/s with wrk against lighttpd mod_cgi and Apache mod_cgid.
+// Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, and in runs of consecutive requests, one run), and requests/s with wrk against lighttpd mod_cgi, Apache mod_cgid and the floor of a Node CGI host (src/bench/cgi-floor.ts).
 //
 //   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] [--pin] (see --help)
 //
@@ -25,10 +25,9 @@ const values = parseScriptArgs({
   script: 'bench:cgi',
   summary:
     "The runner's overhead on cgi-bin/hello.sh against a bare spawn, request by request in alternation (and so too for a\n" +
-    'spawn through the Python helper, a node:http hello, lighttpd mod_cgi and the floor of a Node CGI host), and for serve,\n' +
-    'lighttpd and the floor in runs of 50\n' +
-    'consecutive requests against runs of 50 bare spawns; then requests/s with wrk at 1 and 16\n' +
-    'connections against lighttpd mod_cgi and Apache mod_cgid, of serve with the Python helper and with\n' +
+    'spawn through the Python helper, a node:http hello, lighttpd mod_cgi and the floor of a Node CGI host), and for\n' +
+    'serve, lighttpd and the floor in runs of 50 consecutive requests against runs of 50 bare spawns; then requests/s\n' +
+    'with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid, of serve with the Python helper and with\n' +
     'child_process.spawn (CGI_RUNNER_SPAWNER), and of the floor of a Node CGI host (src/bench/cgi-floor.ts: node:http\n' +
     'and the native addon, nothing else). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup).',
   flags: {
