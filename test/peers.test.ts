@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { waitFor } from './fixtures/eventually.ts';
 import {
   cgiFcgiRequest,
   errorLogProblems,
@@ -101,7 +102,7 @@ describe('ports and processes', () => {
     await assertGone(members, proc.pgid);
   });
 
-  test('a Ctrl-C on the parent stops every started peer', async () => {
+  test('a Ctrl-C on the parent stops every started peer', async (t) => {
     const dir = await makeTempDir('peers-sigint-');
     const processModule = path.join(path.dirname(fileURLToPath(import.meta.url)), '../src/peers/process.ts');
     // .mts: outside the package, tsx would otherwise compile it as CommonJS (no top-level await).
@@ -116,7 +117,22 @@ setInterval(() => {}, 1000);
 `,
     );
     const parent = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const pids = await new Promise<number[]>((resolve, reject) => {
+    let pids: number[] | undefined;
+    // Whatever fails below, the parent (which would otherwise live forever) and its peers go.
+    t.after(async () => {
+      if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+      for (const pid of pids ?? []) {
+        for (const member of processGroupMembers(pid)) {
+          try {
+            process.kill(member, 'SIGKILL');
+          } catch {
+            // Gone between the listing and the kill.
+          }
+        }
+      }
+      await dir.cleanup();
+    });
+    pids = await new Promise<number[]>((resolve, reject) => {
       let out = '';
       parent.stdout.on('data', (c: Buffer) => {
         out += c;
@@ -124,13 +140,16 @@ setInterval(() => {}, 1000);
       });
       parent.once('exit', (code) => reject(new Error(`parent exited early with ${code}`)));
     });
-    const groups = pids.map((pid) => processGroupMembers(pid));
-    assert.ok(groups.flat().length >= 3, 'sleep, and sh with its sleep');
+    // The shell forks its sleep a moment after startProcess returns: wait for it.
+    const started = pids;
+    const groups = await waitFor('sleep, and sh with its sleep', () => {
+      const members = started.map((pid) => processGroupMembers(pid));
+      return members.flat().length >= 3 ? members : undefined;
+    });
     parent.kill('SIGINT');
     const [code] = await new Promise<[number | null]>((resolve) => parent.once('exit', (c) => resolve([c])));
     assert.equal(code, 130);
-    for (const [i, pid] of pids.entries()) await assertGone(groups[i]!, pid);
-    await dir.cleanup();
+    for (const [i, pid] of started.entries()) await assertGone(groups[i]!, pid);
   });
 });
 
