@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
 import { processGroupMembers } from '../src/peers/index.ts';
 import { eventually } from './fixtures/eventually.ts';
-import { assertGroupGone, get, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
+import { assertGroupGone, captureLog, get, startCgiServer, waitFor, writeScripts, type CgiServer } from './cgi-fixture.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const sh = (body: string) => `#!/bin/sh\n${body}\n`;
@@ -130,14 +130,20 @@ describe('script lifetime', () => {
     await assertGroupGone(pgid);
   });
 
-  test('timeout after some output: the response is cut, and the group killed', async () => {
-    const pending = get(port, '/cgi-bin/hang-after-output.sh?timeout2');
-    const pgid = await readPid(server, 'timeout2');
-    const r = await pending;
-    assert.equal(r.status, 200);
-    assert.equal(r.body.toString(), 'partial\n');
-    assert.equal(r.complete, false, 'the chunked body has no last chunk');
-    await assertGroupGone(pgid);
+  test('timeout after some output: the response is cut, the log says why, and the group killed', async () => {
+    const log = captureLog();
+    try {
+      const pending = get(port, '/cgi-bin/hang-after-output.sh?timeout2');
+      const pgid = await readPid(server, 'timeout2');
+      const r = await pending;
+      assert.equal(r.status, 200);
+      assert.equal(r.body.toString(), 'partial\n');
+      assert.equal(r.complete, false, 'the chunked body has no last chunk');
+      await eventually(() => log.text(), /cgi: the script ran longer than 1 s; its response was cut short \[\/cgi-bin\/hang-after-output\.sh\]/);
+      await assertGroupGone(pgid);
+    } finally {
+      log.restore();
+    }
   });
 
   test('a client that disconnects gets its script killed, group and all', async () => {

@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { CgiHost } from '../src/cgi/host.ts';
+import { CgiHost, type CgiResponse } from '../src/cgi/host.ts';
 import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
 import { requirePeer } from '../src/peers/index.ts';
 import { assertGroupGone, captureLog, ENV_SCRIPT, envOf, get, rawRequest, startCgiServer, waitFor, type CgiServer } from './cgi-fixture.ts';
@@ -24,6 +25,16 @@ my $n = 0; while (read(STDIN, my $buf, 65536)) { $n += length $buf } print "\\nr
 `,
   'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
   'stderr.sh': sh(`echo "to the log" >&2; printf 'Content-Type: text/plain\\n\\nok\\n'`),
+  'whole.sh': sh(`printf 'Content-Type: text/plain\n\nhel'; printf 'lo\n'`),
+  'empty.sh': sh(`printf 'Content-Type: text/plain\n\n'`),
+  'late.sh': sh(`printf 'Content-Type: text/plain\n\nfirst\n'; sleep 0.3; printf 'second\n'`),
+  // 1 MiB after the head, far more than is held for a body nobody has asked for yet.
+  'big.pl': `#!/usr/bin/perl
+$| = 1; print "Content-Type: text/plain\n\n"; print "y" x 1024 for 1 .. 1024;
+`,
+  'head-then-hang.sh': sh(`printf 'Content-Type: text/plain\n\npartial\n'; sleep 60`),
+  // A local redirect whose script goes on running after its answer, until the timeout kills it.
+  'local-lingers.sh': sh(`printf 'Location: /cgi-bin/stderr.sh\n\n'; sleep 60`),
   'no-shebang.sh': 'printf "Content-Type: text/plain\\n\\nran anyway\\n"\n',
   'bad-interpreter.sh': '#!/nonexistent/interpreter\n',
   // A daemon's escape: a child in a session of its own, outside the script's process group.
@@ -170,6 +181,86 @@ for (const kind of ['native', 'helper', 'node'] as const) {
       try {
         assert.equal((await get(port, '/cgi-bin/stderr.sh')).body.toString(), 'ok\n');
         await eventually(() => log.text(), /stderr\.sh: to the log\n/);
+      } finally {
+        log.restore();
+      }
+    });
+
+    describe("the body: whole when the script has finished before it is asked for, otherwise a stream", () => {
+      const run = (name: string) => server!.host.run({ file: path.join(server!.dir, name), env: { PATH: '/usr/bin:/bin' }, body: null });
+      const read = async (body: Readable) => {
+        const chunks: Buffer[] = [];
+        for await (const chunk of body) chunks.push(chunk as Buffer);
+        return Buffer.concat(chunks);
+      };
+      const response = async (name: string) => {
+        const outcome = await run(name);
+        assert.equal(outcome.kind, 'response', name);
+        return outcome as CgiResponse;
+      };
+
+      test('handed over whole, once; the stream after it is empty', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const r = await response('whole.sh');
+        await r.finished;
+        assert.equal(r.takeWhole()?.toString(), 'hello\n');
+        assert.equal(r.takeWhole(), undefined, 'consumed');
+        assert.equal((await read(r.body)).length, 0);
+        const empty = await response('empty.sh');
+        await empty.finished;
+        assert.equal(empty.takeWhole()?.length, 0, 'an empty body is an empty buffer');
+      });
+
+      test('not while the script may still write, nor once the stream was asked for', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const r = await response('late.sh');
+        assert.equal(r.takeWhole(), undefined, 'still writing');
+        assert.equal((await read(r.body)).toString(), 'first\nsecond\n');
+        assert.equal(r.takeWhole(), undefined, 'streamed');
+        const finished = await response('whole.sh');
+        await finished.finished;
+        const body = finished.body;
+        assert.equal(finished.takeWhole(), undefined, 'the stream has it');
+        assert.equal((await read(body)).toString(), 'hello\n');
+      });
+
+      test('output beyond what is held waits for the reader, and none is lost', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const r = await response('big.pl');
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        if (kind !== 'helper') {
+          // (The helper relays up to its own window ahead, so there the script may be done.)
+          assert.equal(server.host.running, 1, 'the script waits on its full pipe');
+          assert.equal(r.takeWhole(), undefined);
+        }
+        const body = await read(r.body);
+        assert.equal(body.length, 1 << 20);
+        assert.ok(body.every((b) => b === 0x79));
+        assert.equal((await r.finished).exit?.code, 0);
+      });
+
+      test('killed before the body was asked for: the stream ends in an error, with the reason', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const log = captureLog();
+        try {
+          const r = await response('head-then-hang.sh');
+          assert.equal((await r.finished).timedOut, true);
+          assert.equal(r.takeWhole(), undefined);
+          await assert.rejects(read(r.body), /longer than 1 s/);
+        } finally {
+          log.restore();
+        }
+      });
+    });
+
+    test('a local redirect whose script runs on until the timeout: the redirect is served, and the server goes on', async (t) => {
+      if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+      const log = captureLog();
+      try {
+        const r = await get(port, '/cgi-bin/local-lingers.sh');
+        assert.equal(r.body.toString(), 'ok\n');
+        await waitFor('the lingering script to be killed', () => (server!.host.running === 0 ? true : undefined), 5000);
+        assert.equal((await get(port, '/cgi-bin/stderr.sh')).body.toString(), 'ok\n');
       } finally {
         log.restore();
       }

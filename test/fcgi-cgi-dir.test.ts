@@ -55,6 +55,12 @@ sleep 60 &
 echo "$$ $!" > "pids-$QUERY_STRING"
 wait
 `,
+  'partial.sh': `#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\npartial\\n'
+sleep 60 &
+echo "$$ $!" > "pids-$QUERY_STRING"
+wait
+`,
   'ticking.sh': `#!/bin/sh
 sleep 60 &
 echo "$$ $!" > "pids-$QUERY_STRING"
@@ -436,12 +442,21 @@ describe('timeouts and disconnects', () => {
   test('a script that runs past --cgi-timeout: 504 through nginx and Apache, and its process group is killed', async (t) => {
     if (skipIfMissing(t, missing)) return;
     const started = Date.now();
-    const [viaNginx, viaApache] = await Promise.all([request(nginx!.port!, '/t/sleepy.sh?timeout-nginx'), request(apache!.port, '/t/sleepy.sh?timeout-apache')]);
+    const [viaNginx, viaApache, partial] = await Promise.all([
+      request(nginx!.port!, '/t/sleepy.sh?timeout-nginx'),
+      request(apache!.port, '/t/sleepy.sh?timeout-apache'),
+      request(nginx!.port!, '/t/partial.sh?timeout-partial'),
+    ]);
     assert.equal(viaNginx.status, 504);
     assert.equal(viaApache.status, 504);
+    // After some output, the response is cut and only the log can say why.
+    assert.equal(partial.status, 200);
+    assert.match(partial.body.toString(), /^partial\n/);
     assert.ok(Date.now() - started < 8000);
-    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache')]);
+    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache'), groupGone('timeout-partial')]);
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "fastcgi: sleepy\.sh: the script ran longer than 4 s"/);
+    // (The responder reports a body that breaks off: "app: " and the reason.)
+    assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "app: cgi: the script ran longer than 4 s" while reading upstream/);
   });
 
   test('output streams: the first lines reach the client through nginx and Apache while the script still runs', async (t) => {

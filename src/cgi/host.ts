@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import type { AbortWatch } from '../lazy-abort.ts';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from './response.ts';
 import { groupAlive } from './script-process.ts';
+import type { StdoutSink } from './script-process.ts';
 import { startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
 
 export interface CgiHostOptions {
@@ -40,6 +41,11 @@ export interface CgiInvocation {
   nph?: boolean;
   /** Each line the script writes to stderr, without its newline. */
   onStderrLine?: (line: string) => void;
+  /**
+   * The script ran past the timeout after its response had begun: the response is cut short (the
+   * body errors with the reason), and this says so for the log. Before, the outcome is a 504.
+   */
+  onCut?: (reason: string) => void;
 }
 
 export interface CgiFinish {
@@ -48,19 +54,28 @@ export interface CgiFinish {
   aborted: boolean;
 }
 
+/** A script's response, once its header block has been parsed. */
+export interface CgiResponse {
+  kind: 'response';
+  /** The parsed header block (for nph-, the parsed status line and headers). */
+  head: CgiHead;
+  /**
+   * The body as the script writes it, after its header block (for nph-, `head.raw` holds that block). It ends when
+   * the script closes stdout and errors if the script is killed (timeout, abort) mid-way.
+   * Destroying it kills the script. Made when first asked for.
+   */
+  readonly body: Readable;
+  /**
+   * The whole body at once when the script has finished writing it and `body` has not been asked
+   * for (then it is consumed, and `body` is empty); otherwise undefined. A small answer then goes
+   * out with its length, in one write, and without a stream in between.
+   */
+  takeWhole(): Buffer | undefined;
+  finished: Promise<CgiFinish>;
+}
+
 export type CgiOutcome =
-  | {
-      kind: 'response';
-      /** The parsed header block (for nph-, the parsed status line and headers). */
-      head: CgiHead;
-      /**
-       * The body as the script writes it, after its header block (for nph-, `head.raw` holds that block). It ends when
-       * the script closes stdout and errors if the script is killed (timeout, abort) mid-way.
-       * Destroying it kills the script.
-       */
-      body: Readable;
-      finished: Promise<CgiFinish>;
-    }
+  | CgiResponse
   | {
       kind: 'error';
       /** 502 bad output, 503 no slot, 504 timeout, 500 could not start, 400 bad request values. */
@@ -70,6 +85,8 @@ export type CgiOutcome =
     };
 
 const maxStderrLine = 8192;
+/** Body bytes held for a response whose body nobody has asked for yet, before the script is paused. */
+const heldBodyLimit = 64 * 1024;
 
 type WaitResult = 'granted' | 'full' | 'timeout' | 'aborted' | 'closing';
 
@@ -248,13 +265,22 @@ export class CgiHost {
 }
 
 /** One script from spawn to reaping. */
-class Run {
+class Run implements StdoutSink {
   private proc!: ScriptProcess;
   private readonly parser: CgiHeadParser;
   private resolveOutcome!: (outcome: CgiOutcome) => void;
   private resolveFinished!: (finish: CgiFinish) => void;
   readonly finished: Promise<CgiFinish>;
-  private body: Readable | undefined;
+  /** The header block has been parsed: what follows is body. */
+  private responding = false;
+  /** The body as a stream, once asked for (CgiResponse.body). */
+  private body: ScriptBody | undefined;
+  /** Body bytes that came before anyone asked for the stream (see CgiResponse.takeWhole). */
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  private bodyTaken = false;
+  /** Why the body broke off (a kill) before there was a stream to end with it. */
+  private bodyError: Error | undefined;
   private outcomeSent = false;
   private stdoutEnded = false;
   private exit: ScriptExit | undefined;
@@ -292,7 +318,9 @@ class Run {
     void proc.exited.then((exit) => this.onExit(exit));
     this.timeout = setTimeout(() => {
       this.timedOut = true;
-      this.kill(`cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`, 504);
+      const reason = `cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`;
+      if (this.responding) this.invocation.onCut?.(`${reason}; its response was cut short`);
+      this.kill(reason, 504);
     }, host.options.timeoutMs);
 
     const signal = invocation.signal;
@@ -328,12 +356,8 @@ class Run {
       }
     }
 
-    const stdout = proc.stdout;
-    stdout.on('data', (chunk: Buffer) => this.onStdout(chunk));
-    stdout.once('end', () => this.onStdoutEnd());
-    stdout.once('close', () => this.onStdoutEnd());
-    // The spawner ends it with an error when the helper itself goes away; the exit event says why.
-    stdout.on('error', () => this.onStdoutEnd());
+    // (When the helper itself goes away, the spawner ends stdout too; the exit says why.)
+    proc.readStdout(this);
     return outcome;
   }
 
@@ -345,18 +369,28 @@ class Run {
 
   private fail(status: 500 | 502 | 504 | 503, message: string): void {
     if (this.outcomeSent) {
-      this.body?.destroy(new Error(message));
+      if (this.responding) this.breakBody(new Error(message));
       return;
     }
     this.sendOutcome({ kind: 'error', status, message, finished: this.finished });
   }
 
-  private onStdout(chunk: Buffer): void {
-    if (this.body) {
-      // Once the body is destroyed (a kill, or the consumer left), output is drained, not paused
-      // for: a paused pipe would hold the script, and its slot, until the SIGKILL.
-      if (this.body.destroyed) return;
-      if (!this.body.push(chunk)) this.proc.stdout.pause();
+  /** @internal the script's output (Run is the sink of its stdout). */
+  onStdout(chunk: Buffer): void {
+    if (this.responding) {
+      const body = this.body;
+      if (body) {
+        // Once the body is destroyed (a kill, or the consumer left), output is drained, not paused
+        // for: a paused pipe would hold the script, and its slot, until the SIGKILL.
+        if (body.destroyed) return;
+        if (!body.push(chunk)) this.proc.pauseStdout();
+        return;
+      }
+      if (this.bodyError) return;
+      this.held.push(chunk);
+      this.heldBytes += chunk.length;
+      // Nobody has asked for the body yet: a pipe's worth waits, and then the script.
+      if (this.heldBytes >= heldBodyLimit) this.proc.pauseStdout();
       return;
     }
     if (this.outcomeSent || this.killing) return; // draining after an error
@@ -368,15 +402,50 @@ class Run {
       return;
     }
     if (!parsed) return;
-    const body = new ScriptBody(this);
-    this.body = body;
-    if (parsed.rest.length) body.push(parsed.rest);
-    this.sendOutcome({ kind: 'response', head: parsed.head, body, finished: this.finished });
+    this.responding = true;
+    if (parsed.rest.length) {
+      this.held.push(parsed.rest);
+      this.heldBytes += parsed.rest.length;
+    }
+    this.sendOutcome(new ScriptResponse(parsed.head, this, this.finished));
+  }
+
+  /** @internal CgiResponse.body: the held bytes, then the rest as it comes. */
+  bodyStream(): Readable {
+    if (this.body) return this.body;
+    const body = (this.body = new ScriptBody(this));
+    if (this.bodyError) {
+      body.destroy(this.bodyError);
+      return body;
+    }
+    for (const chunk of this.held) body.push(chunk);
+    this.held = [];
+    // (Output paused for the held bytes resumes when the reader asks for more: ScriptBody._read.)
+    if (this.stdoutEnded) body.push(null);
+    return body;
+  }
+
+  /** @internal CgiResponse.takeWhole. */
+  takeWhole(): Buffer | undefined {
+    if (this.body || this.bodyTaken || this.bodyError || !this.stdoutEnded) return undefined;
+    this.bodyTaken = true;
+    const held = this.held;
+    this.held = [];
+    return held.length === 1 ? held[0] : Buffer.concat(held);
+  }
+
+  /** The body breaks off: the stream errors, or will when it is made. */
+  private breakBody(err: Error): void {
+    if (this.body) this.body.destroy(err);
+    else if (!this.bodyError && !this.bodyTaken) {
+      this.bodyError = err;
+      this.held = [];
+    }
   }
 
   /** @internal ScriptBody wants more: let the script's output flow again. */
   resumeOutput(): void {
-    if (!this.stdoutEnded) this.proc.stdout.resume();
+    if (!this.stdoutEnded) this.proc.resumeStdout();
   }
 
   /** @internal ScriptBody was destroyed: before the end, nobody will read the rest. */
@@ -384,12 +453,13 @@ class Run {
     if (!this.stdoutEnded) this.kill('cgi: the response was abandoned');
   }
 
-  private onStdoutEnd(): void {
+  /** @internal */
+  onStdoutEnd(): void {
     if (this.stdoutEnded) return;
     this.stdoutEnded = true;
-    if (this.body) {
-      if (this.killing) this.body.destroy(new Error(this.killReason ?? 'cgi: the script was killed'));
-      else this.body.push(null);
+    if (this.responding) {
+      if (this.killing) this.breakBody(new Error(this.killReason ?? 'cgi: the script was killed'));
+      else this.body?.push(null);
     } else if (!this.outcomeSent) {
       const error = this.parser.end();
       // The exit status says why; it is at most a moment away when stdout has closed.
@@ -415,7 +485,7 @@ class Run {
       this.flushStderr();
       this.fail(500, `cgi: ${exit.error}`);
       // No output will come: release the stdout connection now.
-      this.proc.stdout.destroy();
+      this.proc.closeStdout();
     }
     this.maybeDone();
   }
@@ -434,10 +504,10 @@ class Run {
     this.killTimer = setTimeout(() => {
       this.proc.killGroup('SIGKILL');
       // Whatever still holds stdout (an escaped process) no longer counts.
-      setTimeout(() => this.proc.stdout.destroy(), this.host.options.killGraceMs).unref();
+      setTimeout(() => this.proc.closeStdout(), this.host.options.killGraceMs).unref();
     }, this.host.options.killGraceMs);
     // Keep reading stdout, discarding it, so the script is not blocked on a full pipe.
-    this.proc.stdout.resume();
+    this.proc.resumeStdout();
     this.maybeDone();
   }
 
@@ -446,7 +516,7 @@ class Run {
     this.released = true;
     clearTimeout(this.timeout);
     if (this.onAbort) this.invocation.signal?.removeEventListener('abort', this.onAbort);
-    if (!this.proc.stdout.destroyed) this.proc.stdout.destroy();
+    this.proc.closeStdout();
     this.flushStderr();
     const pid = this.proc.pid;
     if (!this.exit.groupLeft || pid === undefined) return this.settle();
@@ -506,17 +576,33 @@ class Run {
   }
 }
 
-/**
- * A script's body after its header block. When the script has finished writing before anyone read
- * from it, takeWhole() hands over all of it at once, so the response can carry a Content-Length
- * and go out in one write instead of as chunks.
- */
-export class ScriptBody extends Readable {
-  private ended = false;
-  private taken = false;
+/** A script's response once its header block is parsed: the body becomes a stream only when asked for. */
+class ScriptResponse implements CgiResponse {
+  readonly kind = 'response';
 
+  constructor(
+    readonly head: CgiHead,
+    private readonly run: Run,
+    readonly finished: Promise<CgiFinish>,
+  ) {}
+
+  get body(): Readable {
+    return this.run.bodyStream();
+  }
+
+  takeWhole(): Buffer | undefined {
+    return this.run.takeWhole();
+  }
+}
+
+/** A script's body after its header block, as a stream. */
+export class ScriptBody extends Readable {
   constructor(private readonly run: Run) {
     super();
+    // A kill mid-way destroys it with the reason, which the run has logged: a consumer that
+    // cares (the response writer cuts the response) listens itself; one that resumed it and left
+    // (a local redirect) must not bring the process down.
+    this.on('error', () => {});
   }
 
   override _read(): void {
@@ -526,18 +612,6 @@ export class ScriptBody extends Readable {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     this.run.abandonOutput();
     callback(err);
-  }
-
-  override push(chunk: unknown, encoding?: BufferEncoding): boolean {
-    if (chunk === null) this.ended = true;
-    return super.push(chunk, encoding);
-  }
-
-  /** The whole body, if it is complete and untouched (then it is consumed); otherwise undefined. */
-  takeWhole(): Buffer | undefined {
-    if (!this.ended || this.taken || this.readableFlowing !== null || this.destroyed) return undefined;
-    this.taken = true;
-    return (this.read() as Buffer | null) ?? Buffer.alloc(0);
   }
 }
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OrphanReaper, type ReaperCalls } from './orphans.ts';
-import { endScripts, exitFromWaitStatus, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner } from './script-process.ts';
+import { endScripts, exitFromWaitStatus, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type StdoutSink } from './script-process.ts';
 
 /** An opaque handle on one script, for pause, resume and closeStdout. */
 type ScriptHandle = object;
@@ -77,42 +77,52 @@ function deliver(proc: NativeProcess, kind: SpawnEvent, a: unknown, b: unknown):
 
 const pipeWindow = 64 * 1024;
 
-/** A script's stdout as a Readable: methods rather than per-script closures (see Waiter in host.ts). */
-class ScriptOutput extends Readable {
+/**
+ * A script's stdout as a Readable, for whoever asks for `stdout` rather than reading it through
+ * readStdout(): methods rather than per-script closures (see Waiter in host.ts).
+ */
+class ScriptOutput extends Readable implements StdoutSink {
   constructor(private readonly proc: NativeProcess) {
     super({ highWaterMark: pipeWindow });
   }
 
+  onStdout(chunk: Buffer): void {
+    if (!this.push(chunk)) this.proc.pauseStdout();
+  }
+
+  onStdoutEnd(): void {
+    this.push(null);
+  }
+
   override _read(): void {
-    const proc = this.proc;
-    if (!proc.paused || !proc.handle) return;
-    proc.paused = false;
-    proc.addon.resume(proc.handle);
+    this.proc.resumeStdout();
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    // Nobody will read the rest: the script gets EPIPE on its next write.
-    if (this.proc.handle) this.proc.addon.closeStdout(this.proc.handle);
+    this.proc.closeStdout();
     callback(err);
   }
 }
 
 /**
- * A script started through the addon. Its streams exist at once, for the host to wire up; stdout is
- * fed by the addon's reads, and stdin joins the script's pipe when the spawn completes.
+ * A script started through the addon. Its stdout goes to the sink given to readStdout() (the host)
+ * or, when asked for, to a stream; stdin joins the script's pipe when the spawn completes.
  */
 class NativeProcess implements ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
-  readonly stdout: Readable;
   readonly stdin: Writable | null;
   pid: number | undefined;
   handle: ScriptHandle | undefined;
   private resolveExit!: (exit: ScriptExit) => void;
   /** @internal counted in the spawner's busy scripts: started, and stdout not ended yet. */
   busy = false;
-  /** @internal stdout reading stopped for backpressure (see ScriptOutput). */
-  paused = false;
+  /** Stdout reading stopped for backpressure. */
+  private paused = false;
+  private sink: StdoutSink | undefined;
+  private output: ScriptOutput | undefined;
+  /** The end of stdout has been passed on (or is due to a sink not given yet). */
+  private stdoutEnded = false;
   private in: net.Socket | undefined;
   /** A write, or the end, that came before the script's stdin pipe did. */
   private pendingWrite: (() => void) | undefined;
@@ -127,8 +137,6 @@ class NativeProcess implements ScriptProcess {
     hasStdin: boolean,
   ) {
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-    this.stdout = new ScriptOutput(this);
-    this.stdout.on('error', () => {});
     this.stdin = hasStdin
       ? new Writable({
           highWaterMark: pipeWindow,
@@ -152,16 +160,56 @@ class NativeProcess implements ScriptProcess {
     this.stdin?.on('error', () => {});
   }
 
+  get stdout(): Readable {
+    if (!this.output) {
+      this.output = new ScriptOutput(this);
+      this.output.on('error', () => {});
+      this.readStdout(this.output);
+    }
+    return this.output;
+  }
+
+  readStdout(sink: StdoutSink): void {
+    this.sink = sink;
+    // Ended before there was a sink (a spawn refused at once): the end comes as a stream's would, later.
+    if (this.stdoutEnded) process.nextTick(() => sink.onStdoutEnd());
+  }
+
+  pauseStdout(): void {
+    if (this.paused || this.stdoutEnded || !this.handle) return;
+    this.paused = true;
+    this.addon.pause(this.handle);
+  }
+
+  resumeStdout(): void {
+    if (!this.paused || !this.handle) return;
+    this.paused = false;
+    this.addon.resume(this.handle);
+  }
+
+  closeStdout(): void {
+    if (this.stdoutEnded) return;
+    if (this.handle) this.addon.closeStdout(this.handle);
+    // No end event follows closeStdout (spawn.c): this is the end.
+    this.endStdout();
+  }
+
+  private endStdout(): void {
+    if (this.stdoutEnded) return;
+    this.stdoutEnded = true;
+    this.sink?.onStdoutEnd();
+  }
+
   onEvent(kind: SpawnEvent, a: unknown, b: unknown): void {
     switch (kind) {
       case SpawnEvent.Stdout:
-        if (!this.stdout.push(a as Buffer)) {
-          this.paused = true;
-          this.addon.pause(this.handle!);
-        }
+        if (this.stdoutEnded) break;
+        // Output nobody asked for yet waits in the stream, which pauses the pipe when full.
+        if (!this.sink) void this.stdout;
+        this.sink!.onStdout(a as Buffer);
         break;
       case SpawnEvent.StdoutEnd:
-        this.stdout.push(null);
+        this.endStdout();
         break;
       case SpawnEvent.Stderr:
         this.onStderr?.(a as Buffer);
@@ -177,7 +225,7 @@ class NativeProcess implements ScriptProcess {
         break;
       case SpawnEvent.Failed:
         // Not started (ENOENT, EACCES, ENOEXEC): no output will come, and the reason is the exit.
-        this.stdout.push(null);
+        this.endStdout();
         this.stdin?.destroy();
         this.onStderr?.(null);
         this.resolveExit({ code: null, signal: null, groupLeft: false, error: a as string });

@@ -23,8 +23,28 @@ export interface ScriptExit {
   error?: string;
 }
 
+/**
+ * Where a script's stdout goes when the host reads it without a stream (see readStdout): each
+ * chunk, then its end, once, whether EOF, a close or an error ended it.
+ */
+export interface StdoutSink {
+  onStdout(chunk: Buffer): void;
+  onStdoutEnd(): void;
+}
+
 export interface ScriptProcess {
+  /** Stdout as a stream. Either this or readStdout(), not both. */
   readonly stdout: Readable;
+  /**
+   * Stdout to `sink`, without the stream: per request, a Readable and its events cost more than
+   * the rest of what the host does with the output.
+   */
+  readStdout(sink: StdoutSink): void;
+  /** Stops reading stdout (backpressure) until resumeStdout(). */
+  pauseStdout(): void;
+  resumeStdout(): void;
+  /** Nobody will read the rest (the script gets EPIPE on its next write); the sink's end follows, if it has not come. */
+  closeStdout(): void;
   readonly stdin: Writable | null;
   /** The pid, which is also the process group id, once known. */
   readonly pid: number | undefined;
@@ -34,6 +54,37 @@ export interface ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null;
   /** Signals the script's whole process group (also before its pid is known here). */
   killGroup(signal: NodeJS.Signals): void;
+}
+
+/** readStdout() and the rest for a process whose stdout is a stream in any case. */
+export abstract class StreamedStdout {
+  abstract readonly stdout: Readable;
+
+  readStdout(sink: StdoutSink): void {
+    const stdout = this.stdout;
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      sink.onStdoutEnd();
+    };
+    stdout.on('data', (chunk: Buffer) => sink.onStdout(chunk));
+    stdout.once('end', end);
+    stdout.once('close', end);
+    stdout.on('error', end);
+  }
+
+  pauseStdout(): void {
+    this.stdout.pause();
+  }
+
+  resumeStdout(): void {
+    this.stdout.resume();
+  }
+
+  closeStdout(): void {
+    if (!this.stdout.destroyed) this.stdout.destroy();
+  }
 }
 
 export interface Spawner {

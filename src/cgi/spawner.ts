@@ -9,7 +9,7 @@ import { Readable, Writable } from 'node:stream';
 import { logError } from '../log.ts';
 import { loadSpawnAddon, NativeSpawner } from './native-spawner.ts';
 
-import { endScripts, exitFromWaitStatus, groupAlive, signalGroup, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
+import { endScripts, exitFromWaitStatus, groupAlive, signalGroup, StreamedStdout, type ScriptExit, type ScriptProcess, type SpawnRequest, type Spawner, type SpawnerKind } from './script-process.ts';
 
 export type { ScriptExit, ScriptProcess, Spawner, SpawnerKind } from './script-process.ts';
 
@@ -24,7 +24,7 @@ const stdoutWindow = 1024 * 1024;
 const stdinWindow = 256 * 1024;
 const frameHeader = 9;
 
-class HelperProcess implements ScriptProcess {
+class HelperProcess extends StreamedStdout implements ScriptProcess {
   pid: number | undefined;
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
@@ -43,6 +43,7 @@ class HelperProcess implements ScriptProcess {
     readonly id: number,
     hasStdin: boolean,
   ) {
+    super();
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
     this.stdout = new Readable({
       highWaterMark: 64 * 1024,
@@ -345,7 +346,7 @@ function executableFormatError(file: string): string | undefined {
   }
 }
 
-class NodeProcess implements ScriptProcess {
+class NodeProcess extends StreamedStdout implements ScriptProcess {
   onStderr: ((chunk: Buffer | null) => void) | null = null;
   readonly exited: Promise<ScriptExit>;
   readonly stdout: Readable;
@@ -356,6 +357,7 @@ class NodeProcess implements ScriptProcess {
     private readonly child: ChildProcess | null,
     refused?: string,
   ) {
+    super();
     if (!child) {
       this.stdout = Readable.from([]);
       this.stdin = null;

@@ -8,9 +8,10 @@ import type { RouteRequest } from './server.ts';
 // Hop-by-hop fields describe one connection; Node frames the response itself.
 const hopByHop = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-connection', 'te']);
 
-/** A body that can hand over all of itself at once when it is already complete (see ScriptBody in src/cgi/host.ts). */
-interface WholeBody {
-  takeWhole(): Buffer | undefined;
+/** A response's body: a stream, and perhaps all of it at once when it is already complete (see CgiResponse in src/cgi/host.ts). */
+export interface ResponseBody {
+  readonly body: Readable;
+  takeWhole?(): Buffer | undefined;
 }
 
 /** Who wrote the response, for the log: "cgi: the script" or "fastcgi: the app", and the script's name. */
@@ -23,7 +24,7 @@ export interface ResponseSource {
  * Sends `head` without its hop-by-hop fields. When Node refuses the head (an invalid field), the
  * body is dropped, the failure logged, the client gets 502, and the result is false.
  */
-function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource, contentLength?: number): boolean {
+function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable | undefined, source: ResponseSource, contentLength?: number): boolean {
   const fields: string[] = [];
   if (contentLength !== undefined) fields.push('Content-Length', String(contentLength));
   for (const [name, value] of head.headers) {
@@ -36,7 +37,7 @@ function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable,
   try {
     request.res.writeHead(head.status, head.reason, fields);
   } catch (err) {
-    body.destroy();
+    body?.destroy();
     logError(`${source.who}'s headers cannot be sent: ${(err as Error).message}`, { target: source.target });
     request.error(502);
     return false;
@@ -45,20 +46,21 @@ function writeResponseHead(request: RouteRequest, head: CgiHead, body: Readable,
 }
 
 /** Status line and headers from the head, then the body as it arrives; a body that breaks off cuts the response. */
-export function sendResponse(request: RouteRequest, head: CgiHead, body: Readable, source: ResponseSource): void {
+export function sendResponse(request: RouteRequest, head: CgiHead, output: ResponseBody, source: ResponseSource): void {
   const { res } = request;
   const limit = head.contentLength;
   const bodyless = head.status === 204 || head.status === 304;
   // Node sends no body for HEAD (and 204/304); the log counts what was sent.
   const counted = request.req.method !== 'HEAD' && !bodyless;
   // The script already wrote all of it (a small answer, usually): one write, with its length.
-  const whole = limit === undefined && head.status >= 200 && !bodyless ? (body as Partial<WholeBody>).takeWhole?.() : undefined;
+  const whole = limit === undefined && head.status >= 200 && !bodyless ? output.takeWhole?.() : undefined;
   if (whole !== undefined) {
-    if (!writeResponseHead(request, head, body, source, whole.length)) return;
+    if (!writeResponseHead(request, head, undefined, source, whole.length)) return;
     if (counted) request.bytes += whole.length;
     res.end(whole);
     return;
   }
+  const body = output.body;
   if (!writeResponseHead(request, head, body, source)) return;
   let sent = 0;
   const onData = (chunk: Buffer) => {

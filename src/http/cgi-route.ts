@@ -57,6 +57,9 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         onStderrLine(line) {
           logError(`${name}: ${line}`);
         },
+        onCut(reason) {
+          logError(reason, { target: location.scriptName });
+        },
       });
 
       if (outcome.kind === 'error') {
@@ -65,18 +68,17 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         return request.error(outcome.status);
       }
       const { head } = outcome;
-      const scriptBody = outcome.body;
       if (head.kind === 'local-redirect') {
         // §6.2.2: the server serves the new path itself, as a GET; the script's body is dropped.
-        scriptBody.resume();
+        outcome.body.resume();
         if (request.redirects >= maxRedirects) {
           logError(`cgi: more than ${maxRedirects} local redirects, the last to ${head.location}`, { target: location.scriptName });
           return request.error(500);
         }
         return request.redirect(head.location!);
       }
-      if (head.nph) return sendRaw(request, head, scriptBody);
-      sendResponse(request, head, scriptBody, { who: 'cgi: the script', target: location.scriptName });
+      if (head.nph) return sendRaw(request, head, outcome.body);
+      sendResponse(request, head, outcome, { who: 'cgi: the script', target: location.scriptName });
     },
   };
 }

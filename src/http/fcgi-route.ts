@@ -75,7 +75,7 @@ async function proxy(request: RouteRequest, common: ProxyCommon, target: Target,
     }
     return request.redirect(head.location!);
   }
-  sendResponse(request, response.head, response.body, { who: 'fastcgi: the app', target: target.scriptName });
+  sendResponse(request, response.head, response, { who: 'fastcgi: the app', target: target.scriptName });
 }
 
 /**
