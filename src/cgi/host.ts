@@ -596,7 +596,7 @@ class ScriptResponse implements CgiResponse {
 }
 
 /** A script's body after its header block, as a stream. */
-export class ScriptBody extends Readable {
+class ScriptBody extends Readable {
   constructor(private readonly run: Run) {
     super();
     // A kill mid-way destroys it with the reason, which the run has logged: a consumer that
