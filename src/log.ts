@@ -87,6 +87,9 @@ export function logAccess(entry: AccessEntry): void {
 }
 // A process.exit() in the same turn must not lose the batch (stdout to a pipe or file is synchronous).
 process.on('exit', flushAccess);
+// A reader of the logs that goes away (EPIPE on a pipe) must not take the server with it: its
+// lines are lost, the requests are not.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
 export interface ErrorFields {
   requestId?: string | number;

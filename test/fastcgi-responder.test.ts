@@ -59,6 +59,12 @@ const app: App = {
         throw new Error('boom from the app');
       case '/reject':
         return Promise.reject(new Error('rejected promise'));
+      case '/locked': {
+        // A body the app has already taken a reader of: it cannot be sent.
+        const locked = new Response(new ReadableStream({ start: (c) => c.close() }));
+        locked.body!.getReader();
+        return locked;
+      }
       case '/echo-size': {
         let n = 0;
         for await (const chunk of request.body!) n += (chunk as Uint8Array).byteLength;
@@ -378,6 +384,17 @@ describe('aborts and failures', () => {
     const deadline = Date.now() + 2000;
     while (!seen.aborted.includes('?by=close') && Date.now() < deadline) await sleep(10);
     assert.ok(seen.aborted.includes('?by=close'));
+  });
+
+  test('a Response whose body the app already locked gives a 500 and a STDERR message, and the process goes on', async () => {
+    const c = await WireClient.connect(port);
+    c.request(1, get('/locked'));
+    const res = await c.response(1);
+    assert.equal(parseCgiResponse(res.stdout).status, 500);
+    assert.match(res.stderr, /locked/i);
+    c.request(2, get('/hello'));
+    assert.equal(parseCgiResponse((await c.response(2)).stdout).status, 200);
+    c.close();
   });
 
   for (const path of ['/throw', '/reject']) {

@@ -848,6 +848,10 @@ class Exchange {
         callback(err);
       },
     });
+    // Its error can come before the consumer has it (a protocol error in the same read as the
+    // header block) or after it stopped listening (a local redirect resumes it and moves on): it
+    // is logged where it arises, and a consumer that cares listens itself.
+    this.response.on('error', () => {});
     const { head, rest } = parsed;
     this.headSettled = true;
     this.resolveHead({

@@ -79,7 +79,8 @@ export class ProcessManager {
 
   /** @internal a private directory (0700) for the sockets, removed on stop and on exit. */
   socketDir(): string {
-    if (!this.runtimeDir) {
+    // Made again when it has gone (a tmp cleaner): a restart must not fail for good.
+    if (!this.runtimeDir || !fs.existsSync(this.runtimeDir)) {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgi-runner-fcgi-'));
       this.runtimeDir = dir;
       process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
@@ -258,11 +259,12 @@ class AppProcess {
     this.failure = null;
     this.output = [];
     const settings = this.pool.manager.settings;
-    const dir = this.pool.manager.socketDir();
-    const socketPath = path.join(dir, `app${this.pool.index}-${this.index}.sock`);
+    let socketPath: string;
     let fd: number;
     let server: net.Server;
     try {
+      const dir = this.pool.manager.socketDir();
+      socketPath = path.join(dir, `app${this.pool.index}-${this.index}.sock`);
       fs.rmSync(socketPath, { force: true });
       ({ server, fd } = listenForChild(dir));
     } catch (err) {
@@ -281,7 +283,13 @@ class AppProcess {
       return this.startFailed(`cannot start: ${(err as Error).message}`);
     }
     // The socket keeps its name under the final path; closing our copy removes only the temporary one.
-    fs.renameSync(server.address() as string, socketPath);
+    try {
+      fs.renameSync(server.address() as string, socketPath);
+    } catch (err) {
+      server.close();
+      child.kill('SIGKILL');
+      return this.startFailed(`cannot name its socket: ${(err as Error).message}`);
+    }
     server.close();
     this.child = child;
     this.startedAt = performance.now();
@@ -335,7 +343,7 @@ class AppProcess {
           this.kill('SIGKILL');
         }
       },
-    );
+    ).catch((err: unknown) => logError(`fastcgi: ${this.label}: ${(err as Error)?.stack ?? String(err)}`));
   }
 
   private forwardOutput(child: ChildProcess): void {
@@ -434,6 +442,8 @@ class AppProcess {
 function listenForChild(dir: string): { server: net.Server; fd: number } {
   const temporary = path.join(dir, `.${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
   const server = net.createServer();
+  // A failed bind is also emitted, a tick later: the missing descriptor below reports it.
+  server.on('error', () => {});
   // listen() on a path binds synchronously in libuv; only the callback is deferred.
   server.listen({ path: temporary, backlog: 511 });
   const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;

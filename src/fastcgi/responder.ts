@@ -442,9 +442,17 @@ export class ResponderConnection {
       this.finished(request);
       return;
     }
+    let reader: ReadableStreamDefaultReader<Uint8Array>;
+    try {
+      reader = response.body!.getReader();
+    } catch (err) {
+      // A body the app has already locked or read: a failure before the head goes out.
+      this.appFailed(request, err);
+      return;
+    }
     request.headSent = true;
     this.write(encodeStream(FCGI_STDOUT, request.id, Buffer.from(head, 'latin1')));
-    void this.pump(request, response.body!.getReader());
+    void this.pump(request, reader);
   }
 
   /** Copies a streamed body to STDOUT records as it is produced, waiting for 'drain' when the socket is full. */
