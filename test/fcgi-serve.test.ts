@@ -279,6 +279,26 @@ describe('the process manager', () => {
     }
   });
 
+  test('its socket directory removed (a tmp cleaner), an app that crashes is restarted all the same', async () => {
+    const running = await serve(1);
+    try {
+      const base = `http://127.0.0.1:${running.port}/fcgi/crashy`;
+      const pid = Number(await (await fetch(base)).text());
+      fs.rmSync(running.fastcgi.manager.socketDir(), { recursive: true, force: true });
+      assert.equal((await fetch(`${base}/crash`)).status, 502, 'the request that crashed it');
+      const deadline = Date.now() + 20_000;
+      let next = pid;
+      while (next === pid && Date.now() < deadline) {
+        const r = await fetch(base);
+        next = r.status === 200 ? Number(await r.text()) : pid;
+        if (next === pid) await sleep(50);
+      }
+      assert.notEqual(next, pid, 'a replacement answers');
+    } finally {
+      await running.stop(5000);
+    }
+  });
+
   test('an app that fails to start: 503 with the reason', async () => {
     const running = await serve(1);
     try {
