@@ -125,6 +125,21 @@ describe('npm start', () => {
   });
 });
 
+/**
+ * The pid the app at `url` answers with once a process other than `pid` serves it (while the
+ * replacement starts, requests wait for it or get 503); `pid` again if none does within 20 s.
+ */
+async function replacementPid(url: string, pid: number): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const r = await fetch(url);
+    const next = r.status === 200 ? Number(await r.text()) : pid;
+    if (next !== pid) return next;
+    await sleep(50);
+  }
+  return pid;
+}
+
 describe('the process manager', () => {
   test('--fcgi-procs 2: both start on first use and share the requests; path and query reach the app; a body streams through', async () => {
     const running = await serve(2);
@@ -261,15 +276,7 @@ describe('the process manager', () => {
         for (let i = 0; i < 3; i++) {
           const pid = Number(await (await fetch(base)).text());
           assert.equal((await fetch(`${base}/crash`)).status, 502, 'the request that crashed it');
-          // Until the replacement answers (while it starts, requests wait for it or get 503).
-          const deadline = Date.now() + 20_000;
-          let next = pid;
-          while (next === pid && Date.now() < deadline) {
-            const r = await fetch(base);
-            next = r.status === 200 ? Number(await r.text()) : pid;
-            if (next === pid) await sleep(50);
-          }
-          assert.notEqual(next, pid, `restart ${i + 1}: ${seen.join('\n')}`);
+          assert.notEqual(await replacementPid(base, pid), pid, `restart ${i + 1}: ${seen.join('\n')}`);
         }
       });
       const delays = lines.map((l) => /fcgi\/crashy: process exit status 3; restarting in (\d+) ms/.exec(l)?.[1]).filter(Boolean);
@@ -286,14 +293,7 @@ describe('the process manager', () => {
       const pid = Number(await (await fetch(base)).text());
       fs.rmSync(running.fastcgi.manager.socketDir(), { recursive: true, force: true });
       assert.equal((await fetch(`${base}/crash`)).status, 502, 'the request that crashed it');
-      const deadline = Date.now() + 20_000;
-      let next = pid;
-      while (next === pid && Date.now() < deadline) {
-        const r = await fetch(base);
-        next = r.status === 200 ? Number(await r.text()) : pid;
-        if (next === pid) await sleep(50);
-      }
-      assert.notEqual(next, pid, 'a replacement answers');
+      assert.notEqual(await replacementPid(base, pid), pid, 'a replacement answers');
     } finally {
       await running.stop(5000);
     }
