@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { CgiHost, type CgiResponse } from '../src/cgi/host.ts';
 import { loadSpawnAddon } from '../src/cgi/native-spawner.ts';
@@ -26,6 +26,7 @@ my $n = 0; while (read(STDIN, my $buf, 65536)) { $n += length $buf } print "\\nr
   'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
   'stderr.sh': sh(`echo "to the log" >&2; printf 'Content-Type: text/plain\\n\\nok\\n'`),
   'whole.sh': sh(`printf 'Content-Type: text/plain\n\nhel'; printf 'lo\n'`),
+  'wc.sh': sh(`printf 'Content-Type: text/plain\n\n'; wc -c | tr -d ' '`),
   'empty.sh': sh(`printf 'Content-Type: text/plain\n\n'`),
   'late.sh': sh(`printf 'Content-Type: text/plain\n\nfirst\n'; sleep 0.3; printf 'second\n'`),
   // 1 MiB after the head, far more than is held for a body nobody has asked for yet.
@@ -237,6 +238,20 @@ for (const kind of ['native', 'helper', 'node'] as const) {
         assert.equal(body.length, 1 << 20);
         assert.ok(body.every((b) => b === 0x79));
         assert.equal((await r.finished).exit?.code, 0);
+      });
+
+      test('a request body that failed before the script started: the script reads an empty stdin, not forever', async (t) => {
+        if (!server) return t.skip(`${kindNames[kind]} is not available here`);
+        const body = new PassThrough();
+        body.on('error', () => {});
+        body.write('never delivered');
+        body.destroy(new Error('the client went away'));
+        // Its error is out (heard by the listener above) before the host sees it.
+        await new Promise((resolve) => setImmediate(resolve));
+        const outcome = await server.host.run({ file: path.join(server.dir, 'wc.sh'), env: { PATH: '/usr/bin:/bin' }, body });
+        assert.equal(outcome.kind, 'response');
+        assert.equal((await read((outcome as CgiResponse).body)).toString(), '0\n');
+        assert.equal((await outcome.finished).timedOut, false);
       });
 
       test('killed before the body was asked for: the stream ends in an error, with the reason', async (t) => {

@@ -339,6 +339,10 @@ class Run implements StdoutSink {
       const stdin = proc.stdin;
       if (!stdin) {
         body.resume();
+      } else if (body.destroyed) {
+        // It failed while the request waited for a slot (its error was heard then): the script
+        // gets what there is, nothing, and its end, rather than waiting for a body that cannot come.
+        stdin.destroy();
       } else {
         body.pipe(stdin);
         const drain = () => {
