@@ -4,8 +4,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { AbortWatch } from '../lazy-abort.ts';
 import { CgiHeadParser, CgiResponseError, type CgiHead } from './response.ts';
-import { groupAlive } from './script-process.ts';
-import type { StdoutSink } from './script-process.ts';
+import { groupAlive, type StdoutSink } from './script-process.ts';
 import { startSpawner, type ScriptExit, type ScriptProcess, type Spawner, type SpawnerKind } from './spawner.ts';
 
 export interface CgiHostOptions {
