@@ -14,45 +14,55 @@ export interface RequestBody {
 
 /**
  * §4.2: the body, if any (never after a local redirect, which is a GET). A chunked body is spooled
- * first, since the script must be told its length (CONTENT_LENGTH). Undefined when the request has
- * been answered already (413, 507) or the client went away.
+ * first, since the script must be told its length (CONTENT_LENGTH): only then is the answer a
+ * promise. Undefined when the request has been answered already (413, 507) or the client went away.
  */
-async function readRequestBody(request: RouteRequest, maxBody: number, spoolMemory: number): Promise<RequestBody | undefined> {
+function readRequestBody(request: RouteRequest, maxBody: number, spoolMemory: number): RequestBody | undefined | Promise<RequestBody | undefined> {
   const { req, res } = request;
-  let body: Readable | null = null;
-  let contentLength: number | undefined;
-  if (request.redirects === 0 && (req.headers['transfer-encoding'] !== undefined || req.headers['content-length'] !== undefined)) {
-    const declared = req.headers['content-length'];
-    if (declared !== undefined && req.headers['transfer-encoding'] === undefined) {
-      contentLength = Number(declared);
-      if (contentLength > maxBody) return refuseBody(request);
-      if (request.expectsContinue) res.writeContinue();
-      if (contentLength > 0) body = req;
-    } else {
-      if (request.expectsContinue) res.writeContinue();
-      const spooled = await spoolBody(req, maxBody, spoolMemory);
-      if (!spooled.ok) {
-        spooled.cleanup();
-        if (spooled.reason === 'too-large') return refuseBody(request);
-        if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
-        return; // the client went away
-      }
-      contentLength = spooled.body.length;
-      if (contentLength > 0) body = spooled.body.stream();
-      res.once('close', spooled.body.cleanup);
-    }
+  if (request.redirects > 0 || (req.headers['transfer-encoding'] === undefined && req.headers['content-length'] === undefined)) {
+    return { body: null, contentLength: undefined };
   }
-  return { body, contentLength };
+  const declared = req.headers['content-length'];
+  if (declared === undefined || req.headers['transfer-encoding'] !== undefined) return spoolChunkedBody(request, maxBody, spoolMemory);
+  const contentLength = Number(declared);
+  if (contentLength > maxBody) return refuseBody(request);
+  if (request.expectsContinue) res.writeContinue();
+  return { body: contentLength > 0 ? req : null, contentLength };
+}
+
+async function spoolChunkedBody(request: RouteRequest, maxBody: number, spoolMemory: number): Promise<RequestBody | undefined> {
+  const { req, res } = request;
+  if (request.expectsContinue) res.writeContinue();
+  const spooled = await spoolBody(req, maxBody, spoolMemory);
+  if (!spooled.ok) {
+    spooled.cleanup();
+    if (spooled.reason === 'too-large') return refuseBody(request);
+    if (spooled.reason === 'storage') return refuseStorage(request, spooled.error);
+    return; // the client went away
+  }
+  const contentLength = spooled.body.length;
+  res.once('close', spooled.body.cleanup);
+  return { body: contentLength > 0 ? spooled.body.stream() : null, contentLength };
+}
+
+/** What a script or app is given for this request: its body and its environment. */
+export interface RequestInput {
+  body: Readable | null;
+  env: Record<string, string>;
 }
 
 /**
- * What a script or app is given for this request: its body and its environment. Undefined when the
- * request has been answered already (see readRequestBody).
+ * What a script or app is given for this request. Undefined when the request has been answered
+ * already (see readRequestBody); a promise only while a chunked body is spooled.
  */
-export async function requestInput(request: RouteRequest, target: ScriptTarget, settings: InputSettings): Promise<{ body: Readable | null; env: Record<string, string> } | undefined> {
-  const incoming = await readRequestBody(request, settings.maxBody, settings.spoolMemoryBytes ?? 1024 * 1024);
-  if (!incoming) return undefined;
-  return { body: incoming.body, env: requestEnv(request, incoming, target, settings) };
+export function requestInput(request: RouteRequest, target: ScriptTarget, settings: InputSettings): RequestInput | undefined | Promise<RequestInput | undefined> {
+  const incoming = readRequestBody(request, settings.maxBody, settings.spoolMemoryBytes ?? 1024 * 1024);
+  if (incoming instanceof Promise) return incoming.then((spooled) => inputOf(request, spooled, target, settings));
+  return inputOf(request, incoming, target, settings);
+}
+
+function inputOf(request: RouteRequest, incoming: RequestBody | undefined, target: ScriptTarget, settings: InputSettings): RequestInput | undefined {
+  return incoming && { body: incoming.body, env: requestEnv(request, incoming, target, settings) };
 }
 
 /** Where the request goes, as CGI variables (§4.1.5, §4.1.13, §4.1.7). */

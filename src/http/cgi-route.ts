@@ -3,9 +3,9 @@ import type { Readable } from 'node:stream';
 import { isindexArgs } from '../cgi/env.ts';
 import type { CgiHost } from '../cgi/host.ts';
 import type { CgiHead } from '../cgi/response.ts';
-import { resolveScript, type ScriptDirectory } from '../cgi/resolve.ts';
+import { resolveScript, type ScriptDirectory, type ScriptLocation } from '../cgi/resolve.ts';
 import { logError } from '../log.ts';
-import { requestInput, type InputSettings } from './cgi-request.ts';
+import { requestInput, type InputSettings, type RequestInput } from './cgi-request.ts';
 import { sendResponse } from './cgi-response-writer.ts';
 import type { Route, RouteRequest } from './server.ts';
 
@@ -24,9 +24,48 @@ export function cgiRoute(options: CgiRouteOptions): Route {
   const { host, scripts } = options;
   const maxRedirects = options.maxRedirects ?? 10;
 
+  /** Runs the script with its input and sends what it answers. */
+  const runScript = async (request: RouteRequest, location: ScriptLocation, query: string, input: RequestInput): Promise<void> => {
+    const { body, env } = input;
+    const args = options.isindexArgs ? isindexArgs(query) : [];
+    const name = location.name;
+    const outcome = await host.run({
+      file: location.file,
+      args,
+      env,
+      body,
+      signal: request.signal,
+      nph: name.startsWith('nph-'),
+      onStderrLine(line) {
+        logError(`${name}: ${line}`);
+      },
+      onCut(reason) {
+        logError(reason, { target: location.scriptName });
+      },
+    });
+
+    if (outcome.kind === 'error') {
+      if (outcome.status >= 500 && !request.signal.aborted) logError(outcome.message, { target: location.scriptName });
+      body?.resume();
+      return request.error(outcome.status);
+    }
+    const { head } = outcome;
+    if (head.kind === 'local-redirect') {
+      // §6.2.2: the server serves the new path itself, as a GET; the script's body is dropped.
+      outcome.body.resume();
+      if (request.redirects >= maxRedirects) {
+        logError(`cgi: more than ${maxRedirects} local redirects, the last to ${head.location}`, { target: location.scriptName });
+        return request.error(500);
+      }
+      return request.redirect(head.location!);
+    }
+    if (head.nph) return sendRaw(request, head, outcome.body);
+    sendResponse(request, head, outcome, { who: 'cgi: the script', target: location.scriptName });
+  };
+
   return {
     prefix: scripts.prefix,
-    async handle(request: RouteRequest) {
+    handle(request: RouteRequest) {
       const { res } = request;
       const target = request.target;
       const q = target.indexOf('?');
@@ -37,48 +76,14 @@ export function cgiRoute(options: CgiRouteOptions): Route {
         if (request.expectsContinue) res.setHeader('connection', 'close');
         return request.error(location.status);
       }
-
-      const input = await requestInput(
+      const input = requestInput(
         request,
         { scriptName: location.scriptName, pathInfo: location.pathInfo, scriptFilename: location.file, documentRoot: options.documentRoot, queryString: query },
         options,
       );
-      if (!input) return;
-      const { body, env } = input;
-      const args = options.isindexArgs ? isindexArgs(query) : [];
-      const name = location.name;
-      const outcome = await host.run({
-        file: location.file,
-        args,
-        env,
-        body,
-        signal: request.signal,
-        nph: name.startsWith('nph-'),
-        onStderrLine(line) {
-          logError(`${name}: ${line}`);
-        },
-        onCut(reason) {
-          logError(reason, { target: location.scriptName });
-        },
-      });
-
-      if (outcome.kind === 'error') {
-        if (outcome.status >= 500 && !request.signal.aborted) logError(outcome.message, { target: location.scriptName });
-        body?.resume();
-        return request.error(outcome.status);
-      }
-      const { head } = outcome;
-      if (head.kind === 'local-redirect') {
-        // §6.2.2: the server serves the new path itself, as a GET; the script's body is dropped.
-        outcome.body.resume();
-        if (request.redirects >= maxRedirects) {
-          logError(`cgi: more than ${maxRedirects} local redirects, the last to ${head.location}`, { target: location.scriptName });
-          return request.error(500);
-        }
-        return request.redirect(head.location!);
-      }
-      if (head.nph) return sendRaw(request, head, outcome.body);
-      sendResponse(request, head, outcome, { who: 'cgi: the script', target: location.scriptName });
+      // Only a chunked body makes this wait (it is spooled first).
+      if (input instanceof Promise) return input.then((ready) => ready && runScript(request, location, query, ready));
+      if (input) return runScript(request, location, query, input);
     },
   };
 }
