@@ -59,6 +59,22 @@ const app: App = {
         throw new Error('boom from the app');
       case '/reject':
         return Promise.reject(new Error('rejected promise'));
+      case '/head-then-body': {
+        // An answer that starts at once and ends with what it read of the body (a CGI script that
+        // prints its header, then reads stdin).
+        const encoder = new TextEncoder();
+        return new Response(
+          new ReadableStream({
+            async start(controller) {
+              controller.enqueue(encoder.encode('started;'));
+              let n = 0;
+              for await (const chunk of request.body!) n += (chunk as Uint8Array).byteLength;
+              controller.enqueue(encoder.encode(`read=${n}`));
+              controller.close();
+            },
+          }),
+        );
+      }
       case '/locked': {
         // A body the app has already taken a reader of: it cannot be sent.
         const locked = new Response(new ReadableStream({ start: (c) => c.close() }));
@@ -223,6 +239,25 @@ describe('requests and responses', () => {
     const body = Buffer.alloc(3 * 1024 * 1024, 0x7a);
     c.request(1, get('/echo-size', { REQUEST_METHOD: 'POST', CONTENT_LENGTH: String(body.length) }), body);
     assert.equal(parseCgiResponse((await c.response(1, 10_000)).stdout).body.toString(), String(body.length));
+    c.close();
+  });
+
+  test('an answer that starts before the body has all come waits for the rest of STDIN: nginx stops sending a body once it has a response header', async () => {
+    const c = await WireClient.connect(port);
+    c.begin(1);
+    c.params(1, get('/head-then-body', { REQUEST_METHOD: 'POST', CONTENT_LENGTH: '10' }));
+    c.write(encodeStream(FCGI_STDIN, 1, Buffer.from('12345')));
+    await sleep(200);
+    assert.deepEqual(
+      c.records.filter((r) => r.requestId === 1 && r.type === FCGI_STDOUT),
+      [],
+      'no STDOUT while STDIN is still coming',
+    );
+    c.write(Buffer.concat([encodeStream(FCGI_STDIN, 1, Buffer.from('67890')), encodeRecord(FCGI_STDIN, 1)]));
+    const res = await c.response(1);
+    const answer = parseCgiResponse(res.stdout);
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body.toString(), 'started;read=10');
     c.close();
   });
 

@@ -166,6 +166,9 @@ export class Responder {
   }
 }
 
+/** App output held while the request's body is still coming (see pump); beyond it, the app waits. */
+const maxHeldOutput = 1024 * 1024;
+
 /** The state of one web-server connection: its decoder, its requests, and its ordered output. */
 export class ResponderConnection {
   private readonly decoder: RecordDecoder;
@@ -451,25 +454,54 @@ export class ResponderConnection {
       return;
     }
     request.headSent = true;
-    this.write(encodeStream(FCGI_STDOUT, request.id, Buffer.from(head, 'latin1')));
-    void this.pump(request, reader);
+    void this.pump(request, reader, encodeStream(FCGI_STDOUT, request.id, Buffer.from(head, 'latin1')));
   }
 
   /** Copies a streamed body to STDOUT records as it is produced, waiting for 'drain' when the socket is full. */
-  private async pump(request: ActiveRequest, reader: ReadableStreamDefaultReader<Uint8Array>): Promise<void> {
+  private async pump(request: ActiveRequest, reader: ReadableStreamDefaultReader<Uint8Array>, head: Buffer): Promise<void> {
     request.reader = reader;
+    // nginx stops sending the request body once it has passed a response header on to its client
+    // (ngx_http_upstream_send_request_handler), so an app still reading a body not all received
+    // would wait for the rest forever. Its output waits here instead, up to a limit, until STDIN
+    // has all come: the order php-fpm and fcgiwrap keep by reading the whole body first.
+    const stdin = request.stdin;
+    let held: Buffer[] | null = stdin && stdin.hasStream && !stdin.complete ? [head] : null;
+    let heldBytes = head.length;
+    const flush = () => {
+      const out = held!.length === 1 ? held![0]! : Buffer.concat(held!);
+      held = null;
+      return this.write(out);
+    };
+    if (!held) this.write(head);
+    let reading: ReturnType<typeof reader.read> | null = null;
     try {
       for (;;) {
-        const { done, value } = await reader.read();
+        if (held && (stdin!.complete || heldBytes >= maxHeldOutput)) {
+          await stdin!.whenComplete();
+          if (request.done) break;
+          if (!flush()) await this.drained();
+        }
+        reading ??= reader.read();
+        // While output is held, the end of STDIN is as much news as the app's next chunk.
+        if (held && (await Promise.race([reading, stdin!.whenComplete().then(() => null)])) === null) continue;
+        const { done, value } = await reading;
+        reading = null;
         if (done || request.done) break;
         const bytes = typeof value === 'string' ? Buffer.from(value as string) : value;
         if (!(bytes instanceof Uint8Array)) throw new TypeError('app: response body stream produced something other than bytes');
         if (bytes.byteLength === 0) continue;
         request.bytes += bytes.byteLength;
-        if (!this.write(encodeStream(FCGI_STDOUT, request.id, bytes))) await this.drained();
+        const record = encodeStream(FCGI_STDOUT, request.id, bytes);
+        if (held) {
+          held.push(record);
+          heldBytes += record.length;
+        } else if (!this.write(record)) await this.drained();
       }
     } catch (err) {
-      if (!request.done) this.appFailed(request, err);
+      if (request.done) return;
+      // What the app produced before failing goes first, as it would have without the hold.
+      if (held) flush();
+      this.appFailed(request, err);
       return;
     } finally {
       request.reader = null;
@@ -477,6 +509,11 @@ export class ResponderConnection {
     if (request.done) {
       reader.cancel().catch(() => {});
       return;
+    }
+    if (held) {
+      // The app is done without the rest of the body: that is not waited for.
+      stdin!.discard();
+      flush();
     }
     this.write(encodeEndOfResponse(request.id, 0));
     this.finished(request);

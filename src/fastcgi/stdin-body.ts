@@ -19,6 +19,7 @@ export class StdinBody {
   private discarded = false;
   /** Total STDIN bytes received, for the log and for CONTENT_LENGTH checks. */
   received = 0;
+  private completeWaiters: Array<() => void> = [];
 
   constructor(
     private readonly highWaterMark: number,
@@ -41,6 +42,24 @@ export class StdinBody {
     if (this.ended) return;
     this.ended = true;
     this.deliver();
+    this.settle();
+  }
+
+  /** All of STDIN has come (or it never will: failed, or discarded). */
+  get complete(): boolean {
+    return this.ended || this.discarded;
+  }
+
+  /** Resolves once `complete`. */
+  whenComplete(): Promise<void> {
+    if (this.complete) return Promise.resolve();
+    return new Promise((resolve) => this.completeWaiters.push(resolve));
+  }
+
+  private settle(): void {
+    const waiters = this.completeWaiters;
+    this.completeWaiters = [];
+    for (const resolve of waiters) resolve();
   }
 
   /** The web server aborted or the connection died: a reader sees an error rather than a short body. */
@@ -58,6 +77,7 @@ export class StdinBody {
       }
     }
     this.release();
+    this.settle();
   }
 
   /** The request is over: drop anything still queued and stop holding the socket back. */
@@ -66,6 +86,7 @@ export class StdinBody {
     this.queue = [];
     this.queuedBytes = 0;
     this.release();
+    this.settle();
   }
 
   get hasStream(): boolean {
