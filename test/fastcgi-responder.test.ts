@@ -75,6 +75,19 @@ const app: App = {
           }),
         );
       }
+      case '/head-then-fail': {
+        // Starts its answer, takes hold of the body, and fails before the body has all come.
+        const reader = request.body!.getReader();
+        return new Response(
+          new ReadableStream({
+            async start(controller) {
+              controller.enqueue(new TextEncoder().encode('partial;'));
+              await reader.read();
+              controller.error(new Error('failed half-way'));
+            },
+          }),
+        );
+      }
       case '/locked': {
         // A body the app has already taken a reader of: it cannot be sent.
         const locked = new Response(new ReadableStream({ start: (c) => c.close() }));
@@ -258,6 +271,20 @@ describe('requests and responses', () => {
     const answer = parseCgiResponse(res.stdout);
     assert.equal(answer.status, 200);
     assert.equal(answer.body.toString(), 'started;read=10');
+    c.close();
+  });
+
+  test('an app that fails while its answer waits for STDIN: what it wrote, its error, and the end, without waiting for the rest', async () => {
+    const c = await WireClient.connect(port);
+    c.begin(1);
+    c.params(1, get('/head-then-fail', { REQUEST_METHOD: 'POST', CONTENT_LENGTH: '10' }));
+    c.write(encodeStream(FCGI_STDIN, 1, Buffer.from('12345')));
+    const res = await c.response(1);
+    const answer = parseCgiResponse(res.stdout);
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body.toString(), 'partial;');
+    assert.match(res.stderr, /failed half-way/);
+    assert.equal(res.appStatus, 1);
     c.close();
   });
 
