@@ -32,7 +32,7 @@ export interface CgiInvocation {
   args?: readonly string[];
   /** The complete environment (see env.ts). Nothing else is inherited. */
   env: Record<string, string>;
-  /** The request body, streamed to stdin (§4.2); null gives the script /dev/null. */
+  /** The request body, streamed to stdin (§4.2); null gives the script /dev/null. Its errors are the host's to hear. */
   body: Readable | null;
   /** Aborting kills the script's process group (the client went away). */
   signal?: AbortWatch;
@@ -84,6 +84,7 @@ export type CgiOutcome =
     };
 
 const maxStderrLine = 8192;
+const ignoreError = () => {};
 /** Body bytes held for a response whose body nobody has asked for yet, before the script is paused. */
 const heldBodyLimit = 64 * 1024;
 
@@ -189,6 +190,9 @@ export class CgiHost {
    */
   run(invocation: CgiInvocation): Promise<CgiOutcome> {
     const signal = invocation.signal;
+    // The body may fail while the request waits for a slot (the client or web server gave up):
+    // that error must be heard from now on, not only once the script runs (see Run.start).
+    invocation.body?.on('error', ignoreError);
     for (const name in invocation.env) {
       if (!name || name.includes('=') || name.includes('\0') || invocation.env[name]!.includes('\0')) {
         return Promise.resolve(notRun(400, `cgi: the environment variable ${JSON.stringify(name)} cannot be passed`));
@@ -606,7 +610,7 @@ class ScriptBody extends Readable {
     // A kill mid-way destroys it with the reason, which the run has logged: a consumer that
     // cares (the response writer cuts the response) listens itself; one that resumed it and left
     // (a local redirect) must not bring the process down.
-    this.on('error', () => {});
+    this.on('error', ignoreError);
   }
 
   override _read(): void {

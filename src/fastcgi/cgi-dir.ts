@@ -125,9 +125,6 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
     const length = Number(params.CONTENT_LENGTH);
     const hasBody = context.role === 'responder' && request.body !== null && (Number.isSafeInteger(length) ? length > 0 : true);
     const body = hasBody ? Readable.fromWeb(request.body as import('node:stream/web').ReadableStream<Uint8Array>) : null;
-    // The web server may abort the request while it waits for a script slot: the abort says why,
-    // and the host listens for the body's errors only once the script runs.
-    body?.on('error', () => {});
     const outcome = await host.run({
       file: target.file,
       env,

@@ -99,13 +99,7 @@ export function spoolBody(source: Readable, maxBytes: number, memoryBytes: numbe
         const name = file;
         const body: SpooledBody = {
           length,
-          stream: () => {
-            const stream = name ? fs.createReadStream(name) : Readable.from(chunks, { objectMode: false });
-            // A read error while the request waits for a script slot must not go unheard; the host
-            // listens itself once the script runs.
-            stream.on('error', () => {});
-            return stream;
-          },
+          stream: () => (name ? fs.createReadStream(name) : Readable.from(chunks, { objectMode: false })),
           cleanup: removeFile,
         };
         finish({ ok: true, body });
