@@ -255,11 +255,17 @@ describe('requests and responses', () => {
     c.close();
   });
 
-  test('an answer that starts before the body has all come waits for the rest of STDIN: nginx stops sending a body once it has a response header', async () => {
+  /** A POST of 10 bytes as request 1, of which only the first 5 are sent. */
+  async function halfPosted(path: string): Promise<WireClient> {
     const c = await WireClient.connect(port);
     c.begin(1);
-    c.params(1, get('/head-then-body', { REQUEST_METHOD: 'POST', CONTENT_LENGTH: '10' }));
+    c.params(1, get(path, { REQUEST_METHOD: 'POST', CONTENT_LENGTH: '10' }));
     c.write(encodeStream(FCGI_STDIN, 1, Buffer.from('12345')));
+    return c;
+  }
+
+  test('an answer that starts before the body has all come waits for the rest of STDIN: nginx stops sending a body once it has a response header', async () => {
+    const c = await halfPosted('/head-then-body');
     await sleep(200);
     assert.deepEqual(
       c.records.filter((r) => r.requestId === 1 && r.type === FCGI_STDOUT),
@@ -275,10 +281,7 @@ describe('requests and responses', () => {
   });
 
   test('an app that fails while its answer waits for STDIN: what it wrote, its error, and the end, without waiting for the rest', async () => {
-    const c = await WireClient.connect(port);
-    c.begin(1);
-    c.params(1, get('/head-then-fail', { REQUEST_METHOD: 'POST', CONTENT_LENGTH: '10' }));
-    c.write(encodeStream(FCGI_STDIN, 1, Buffer.from('12345')));
+    const c = await halfPosted('/head-then-fail');
     const res = await c.response(1);
     const answer = parseCgiResponse(res.stdout);
     assert.equal(answer.status, 200);
