@@ -22,6 +22,9 @@ const scripts = {
   'stream.sh': sh(`printf 'Content-Type: text/plain\\n\\nfirst\\n'; sleep 1; printf 'second\\n'`),
   'hang.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; trap '' TERM; sleep 60 & sleep 60`),
   'hang-after-output.sh': sh(`printf 'Content-Type: text/plain\\n\\npartial\\n'; echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 & sleep 60`),
+  // Answer, then linger past the timeout: with a local redirect, and with stdout closed.
+  'redirect-then-hang.sh': sh(`printf 'Location: /cgi-bin/slow.sh?target\\n\\n'; echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60`),
+  'answer-then-hang.sh': sh(`printf 'Content-Type: text/plain\\n\\nall\\n'; exec >&-; echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60`),
   'background.sh': sh(`echo $$ > "$DOCUMENT_ROOT/pids/$QUERY_STRING"; sleep 60 >/dev/null 2>&1 & printf 'Content-Type: text/plain\\n\\ndone\\n'`),
   'slow.sh': sh(`sleep 0.2; printf 'Content-Type: text/plain\\n\\n%s\\n' "$QUERY_STRING"`),
   'big.sh': sh(`printf 'Content-Type: application/octet-stream\\n\\n'; exec head -c "$QUERY_STRING" /dev/zero`),
@@ -141,6 +144,26 @@ describe('script lifetime', () => {
       assert.equal(r.complete, false, 'the chunked body has no last chunk');
       await eventually(() => log.text(), /cgi: the script ran longer than 1 s; its response was cut short \[\/cgi-bin\/hang-after-output\.sh\]/);
       await assertGroupGone(pgid);
+    } finally {
+      log.restore();
+    }
+  });
+
+  test('timeout after a whole answer or a local redirect: nothing is cut, and the log says what the kill did', async () => {
+    const log = captureLog();
+    try {
+      const complete = await get(port, '/cgi-bin/answer-then-hang.sh?late1');
+      assert.equal(complete.status, 200);
+      assert.equal(complete.body.toString(), 'all\n');
+      assert.equal(complete.complete, true);
+      const redirected = await get(port, '/cgi-bin/redirect-then-hang.sh?late2');
+      assert.equal(redirected.status, 200);
+      assert.equal(redirected.body.toString(), 'target\n', 'the target of the local redirect answered');
+      await eventually(() => log.text(), /cgi: the script ran longer than 1 s after its response was complete; it was killed \[\/cgi-bin\/answer-then-hang\.sh\]/);
+      await eventually(() => log.text(), /cgi: the script ran longer than 1 s after its local redirect; it was killed \[\/cgi-bin\/redirect-then-hang\.sh\]/);
+      assert.doesNotMatch(log.text(), /then-hang\.sh[^\n]*cut short|cut short[^\n]*then-hang\.sh/);
+      await assertGroupGone(await readPid(server, 'late1'));
+      await assertGroupGone(await readPid(server, 'late2'));
     } finally {
       log.restore();
     }

@@ -41,10 +41,11 @@ export interface CgiInvocation {
   /** Each line the script writes to stderr, without its newline. */
   onStderrLine?: (line: string) => void;
   /**
-   * The script ran past the timeout after its response had begun: the response is cut short (the
-   * body errors with the reason), and this says so for the log. Before, the outcome is a 504.
+   * The script ran past the timeout after its header block: it is killed, and this says so for the
+   * log, with what that did (a response cut short, or none, when the response was complete or
+   * discarded). Before its header block the outcome is a 504 instead.
    */
-  onCut?: (reason: string) => void;
+  onLateKill?: (message: string) => void;
 }
 
 export interface CgiFinish {
@@ -70,6 +71,8 @@ export interface CgiResponse {
    * out with its length, in one write, and without a stream in between.
    */
   takeWhole(): Buffer | undefined;
+  /** Nobody wants the body (a local redirect): what the script still writes is read and dropped. */
+  discard(): void;
   finished: Promise<CgiFinish>;
 }
 
@@ -283,6 +286,8 @@ class Run implements StdoutSink {
   private held: Buffer[] = [];
   private heldBytes = 0;
   private bodyTaken = false;
+  /** The body was discarded (a local redirect): a kill cuts nothing anyone reads. */
+  private discarded = false;
   /** Why the body broke off (a kill) before there was a stream to end with it. */
   private bodyError: Error | undefined;
   private outcomeSent = false;
@@ -323,7 +328,7 @@ class Run implements StdoutSink {
     this.timeout = setTimeout(() => {
       this.timedOut = true;
       const reason = `cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`;
-      if (this.responding) this.invocation.onCut?.(`${reason}; its response was cut short`);
+      if (this.responding) this.invocation.onLateKill?.(`${reason}${this.lateKillEffect()}`);
       this.kill(reason, 504);
     }, host.options.timeoutMs);
 
@@ -440,6 +445,19 @@ class Run implements StdoutSink {
     const held = this.held;
     this.held = [];
     return held.length === 1 ? held[0] : Buffer.concat(held);
+  }
+
+  /** @internal CgiResponse.discard. */
+  discard(): void {
+    this.discarded = true;
+    this.bodyStream().resume();
+  }
+
+  /** What a kill after the header block does, for the log. */
+  private lateKillEffect(): string {
+    if (this.discarded) return ' after its local redirect; it was killed';
+    if (this.stdoutEnded) return ' after its response was complete; it was killed';
+    return '; its response was cut short';
   }
 
   /** The body breaks off: the stream errors, or will when it is made. */
@@ -600,6 +618,10 @@ class ScriptResponse implements CgiResponse {
 
   takeWhole(): Buffer | undefined {
     return this.run.takeWhole();
+  }
+
+  discard(): void {
+    this.run.discard();
   }
 }
 

@@ -39,8 +39,8 @@ export function cgiRoute(options: CgiRouteOptions): Route {
       onStderrLine(line) {
         logError(`${name}: ${line}`);
       },
-      onCut(reason) {
-        logError(reason, { target: location.scriptName });
+      onLateKill(message) {
+        logError(message, { target: location.scriptName });
       },
     });
 
@@ -52,7 +52,7 @@ export function cgiRoute(options: CgiRouteOptions): Route {
     const { head } = outcome;
     if (head.kind === 'local-redirect') {
       // §6.2.2: the server serves the new path itself, as a GET; the script's body is dropped.
-      outcome.body.resume();
+      outcome.discard();
       if (request.redirects >= maxRedirects) {
         logError(`cgi: more than ${maxRedirects} local redirects, the last to ${head.location}`, { target: location.scriptName });
         return request.error(500);
