@@ -66,6 +66,13 @@ sleep 60 &
 echo "$$ $!" > "pids-$QUERY_STRING"
 wait
 `,
+  'answer-then-linger.sh': `#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\nanswered\\n'
+exec >&-
+sleep 60 &
+echo "$$ $!" > "pids-$QUERY_STRING"
+wait
+`,
   'ticking.sh': `#!/bin/sh
 sleep 60 &
 echo "$$ $!" > "pids-$QUERY_STRING"
@@ -468,10 +475,11 @@ describe('timeouts and disconnects', () => {
   test('a script that runs past --cgi-timeout: 504 through nginx and Apache, and its process group is killed', async (t) => {
     if (skipIfMissing(t, missing)) return;
     const started = Date.now();
-    const [viaNginx, viaApache, partial] = await Promise.all([
+    const [viaNginx, viaApache, partial, head] = await Promise.all([
       request(nginx!.port!, '/t/sleepy.sh?timeout-nginx'),
       request(apache!.port, '/t/sleepy.sh?timeout-apache'),
       request(nginx!.port!, '/t/partial.sh?timeout-partial'),
+      request(nginx!.port!, '/t/answer-then-linger.sh?timeout-head', { method: 'HEAD' }),
     ]);
     assert.equal(viaNginx.status, 504);
     assert.equal(viaApache.status, 504);
@@ -479,10 +487,14 @@ describe('timeouts and disconnects', () => {
     assert.equal(partial.status, 200);
     assert.match(partial.body.toString(), /^partial\n/);
     assert.ok(Date.now() - started < 8000);
-    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache'), groupGone('timeout-partial')]);
+    // A script that answered in full and lingered: nothing to cut, and its kill is logged as such.
+    assert.equal(head.status, 200);
+    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache'), groupGone('timeout-partial'), groupGone('timeout-head')]);
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "fastcgi: sleepy\.sh: the script ran longer than 4 s"/);
-    // (The responder reports a body that breaks off: "app: " and the reason.)
+    // (The responder reports a body that breaks off: "app: " and the reason, once.)
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "app: cgi: the script ran longer than 4 s" while reading upstream/);
+    await eventually(() => testResponder!.stderr(), /cgi: the script ran longer than 4 s after its response was complete; it was killed \[[^\]]*answer-then-linger\.sh, request \d+, uri=\/t\/answer-then-linger\.sh\?timeout-head\]/);
+    assert.doesNotMatch(testResponder!.stderr(), /cut short/);
   });
 
   test('output streams: the first lines reach the client through nginx and Apache while the script still runs', async (t) => {

@@ -42,10 +42,11 @@ export interface CgiInvocation {
   onStderrLine?: (line: string) => void;
   /**
    * The script ran past the timeout after its header block: it is killed, and this says so for the
-   * log, with what that did (a response cut short, or none, when the response was complete or
-   * discarded). Before its header block the outcome is a 504 instead.
+   * log, with what that did: `cut` when its response was cut short (the body errors with the
+   * reason), not when the response was complete or discarded. Before its header block the outcome
+   * is a 504 instead.
    */
-  onLateKill?: (message: string) => void;
+  onLateKill?: (message: string, cut: boolean) => void;
 }
 
 export interface CgiFinish {
@@ -71,7 +72,7 @@ export interface CgiResponse {
    * out with its length, in one write, and without a stream in between.
    */
   takeWhole(): Buffer | undefined;
-  /** Nobody wants the body (a local redirect): what the script still writes is read and dropped. */
+  /** Nobody wants the body (a local redirect, a HEAD request): what the script still writes is read and dropped. */
   discard(): void;
   finished: Promise<CgiFinish>;
 }
@@ -328,7 +329,11 @@ class Run implements StdoutSink {
     this.timeout = setTimeout(() => {
       this.timedOut = true;
       const reason = `cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`;
-      if (this.responding) this.invocation.onLateKill?.(`${reason}${this.lateKillEffect()}`);
+      if (this.responding) {
+        // Complete, or discarded (a local redirect, a HEAD): nobody reads what the kill cuts off.
+        const cut = !this.stdoutEnded && !this.discarded;
+        this.invocation.onLateKill?.(cut ? `${reason}; its response was cut short` : `${reason} after its response was complete; it was killed`, cut);
+      }
       this.kill(reason, 504);
     }, host.options.timeoutMs);
 
@@ -451,13 +456,6 @@ class Run implements StdoutSink {
   discard(): void {
     this.discarded = true;
     this.bodyStream().resume();
-  }
-
-  /** What a kill after the header block does, for the log. */
-  private lateKillEffect(): string {
-    if (this.discarded) return ' after its local redirect; it was killed';
-    if (this.stdoutEnded) return ' after its response was complete; it was killed';
-    return '; its response was cut short';
   }
 
   /** The body breaks off: the stream errors, or will when it is made. */

@@ -132,6 +132,8 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
       signal: context.signal,
       nph: target.name.startsWith('nph-'),
       onStderrLine: (line) => logError(`${target.name}: ${line}`, logFields(context, target.file)),
+      // A response cut short is the body's error, which the responder reports (STDERR and the log).
+      onLateKill: (message, cut) => cut || logError(message, logFields(context, target.file)),
     });
     if (outcome.kind === 'error') {
       body?.resume();
@@ -139,7 +141,6 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
       return refuse(context, outcome.status, outcome.message.replace(/^cgi: /, `${target.name}: `), target.file);
     }
     const { head } = outcome;
-    const stream: Readable = outcome.body;
     const headers = new Headers();
     for (const [name, value] of head.headers) {
       try {
@@ -151,10 +152,10 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
     // A local redirect (§6.2.2) is the web server's to follow; nginx cannot, so the client is sent there.
     const status = head.kind === 'local-redirect' ? 302 : head.status;
     if (nullBodyStatus.has(status) || params.REQUEST_METHOD === 'HEAD') {
-      stream.resume();
+      outcome.discard();
       return new Response(null, { status, statusText: head.reason, headers });
     }
-    return new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, { status, statusText: status === head.status ? head.reason : reasonPhrase(status), headers });
+    return new Response(Readable.toWeb(outcome.body) as ReadableStream<Uint8Array>, { status, statusText: status === head.status ? head.reason : reasonPhrase(status), headers });
   }
 
   return {
