@@ -248,7 +248,7 @@ export class CgiHost {
     const file = invocation.file;
     return this.spawner.spawn({
       file,
-      argv: [file, ...(invocation.args ?? [])],
+      argv: invocation.args?.length ? [file, ...invocation.args] : [file],
       // RFC 3875 §7.2 (UNIX): the current directory is the script's own.
       cwd: invocation.cwd ?? path.dirname(file),
       env: invocation.env,

@@ -24,13 +24,16 @@ export interface ScriptDirectory {
   readonly prefix: string;
   /** Allow symlinks whose target is outside the directory. */
   readonly followSymlinks: boolean;
+  /** The prefix split on "/": ["", "cgi-bin"] (split once, not per request). */
+  readonly prefixSegments: readonly string[];
 }
 
 export function scriptDirectory(dir: string, prefix: string, followSymlinks = false): ScriptDirectory {
   const abs = path.resolve(dir);
   const stat = fs.statSync(abs, { throwIfNoEntry: false });
   if (!stat?.isDirectory()) throw new Error(`cgi: ${dir} is not a directory`);
-  return { dir: abs, realDir: fs.realpathSync(abs), prefix: prefix.replace(/\/+$/, ''), followSymlinks };
+  const trimmed = prefix.replace(/\/+$/, '');
+  return { dir: abs, realDir: fs.realpathSync(abs), prefix: trimmed, followSymlinks, prefixSegments: trimmed.split('/') };
 }
 
 const hexDigit = (c: number): number => (c >= 48 && c <= 57 ? c - 48 : c >= 65 && c <= 70 ? c - 55 : c >= 97 && c <= 102 ? c - 87 : -1);
@@ -94,7 +97,7 @@ export function resolveScript(root: ScriptDirectory, rawPath: string): Resolutio
   const decoded = decodePath(rawPath);
   if (decoded === undefined) return { ok: false, status: 400, reason: 'malformed or NUL escape in the path' };
   const segments = removeDotSegments(decoded.replace(/\\/g, '/').split('/'));
-  const prefixSegments = root.prefix.split('/');
+  const prefixSegments = root.prefixSegments;
   // ["", "cgi-bin", …]: after dot removal, the path must still be under the prefix.
   for (let i = 1; i < prefixSegments.length; i++) {
     if (segments[i] !== prefixSegments[i]) return { ok: false, status: 404, reason: 'outside the script directory' };

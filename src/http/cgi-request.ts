@@ -101,7 +101,12 @@ function requestEnv(request: RouteRequest, incoming: RequestBody, target: Script
     requestUri: request.target,
     protocol: `HTTP/${req.httpVersion}`,
     headers: req.rawHeaders,
-    ...target,
+    // Named one by one: after a spread, V8 defines each later property through a runtime call.
+    scriptName: target.scriptName,
+    pathInfo: target.pathInfo,
+    scriptFilename: target.scriptFilename,
+    documentRoot: target.documentRoot,
+    queryString: target.queryString,
     remoteAddr: plainAddress(socket.remoteAddress),
     remotePort: socket.remotePort ?? 0,
     serverAddr: plainAddress(socket.localAddress),
