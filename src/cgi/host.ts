@@ -287,7 +287,7 @@ class Run implements StdoutSink {
   private held: Buffer[] = [];
   private heldBytes = 0;
   private bodyTaken = false;
-  /** The body was discarded (a local redirect): a kill cuts nothing anyone reads. */
+  /** The body was discarded (a local redirect, a HEAD): a kill cuts nothing anyone reads. */
   private discarded = false;
   /** Why the body broke off (a kill) before there was a stream to end with it. */
   private bodyError: Error | undefined;

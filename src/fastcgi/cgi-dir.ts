@@ -133,7 +133,9 @@ export async function createCgiDirApp(options: CgiDirOptions): Promise<CgiDirApp
       nph: target.name.startsWith('nph-'),
       onStderrLine: (line) => logError(`${target.name}: ${line}`, logFields(context, target.file)),
       // A response cut short is the body's error, which the responder reports (STDERR and the log).
-      onLateKill: (message, cut) => cut || logError(message, logFields(context, target.file)),
+      onLateKill: (message, cut) => {
+        if (!cut) logError(message, logFields(context, target.file));
+      },
     });
     if (outcome.kind === 'error') {
       body?.resume();
