@@ -473,17 +473,19 @@ export class ResponderConnection {
       return this.write(out);
     };
     if (!held) this.write(head);
+    // One wait for the end of STDIN, shared by every turn below (null: the race's sign for it).
+    const stdinComplete = held ? stdin!.whenComplete().then(() => null) : null;
     let reading: ReturnType<typeof reader.read> | null = null;
     try {
       for (;;) {
         if (held && (stdin!.complete || heldBytes >= maxHeldOutput)) {
-          await stdin!.whenComplete();
+          await stdinComplete;
           if (request.done) break;
           if (!flush()) await this.drained();
         }
         reading ??= reader.read();
         // While output is held, the end of STDIN is as much news as the app's next chunk.
-        if (held && (await Promise.race([reading, stdin!.whenComplete().then(() => null)])) === null) continue;
+        if (held && (await Promise.race([reading, stdinComplete!])) === null) continue;
         const { done, value } = await reading;
         reading = null;
         if (done || request.done) break;
