@@ -1,6 +1,6 @@
 // Measures `serve` on cgi-bin/hello.sh: the runner's own overhead per request against a bare spawn of the same script (in alternation, and in runs of consecutive requests, one run), and requests/s with wrk against lighttpd mod_cgi, Apache mod_cgid and the floor of a Node CGI host (src/bench/cgi-floor.ts).
 //
-//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--json FILE] [--skip-throughput] [--pin] (see --help)
+//   npm run bench:cgi -- [--requests 2000] [--duration 10] [--rounds 3] [--warmup 1] [--warmup-requests 5000] [--json FILE] [--skip-throughput] [--pin] (see --help)
 //
 // Every server runs as its own process on a free port; rounds alternate between targets so that
 // a noisy machine affects them alike.
@@ -29,12 +29,14 @@ const values = parseScriptArgs({
     'serve, lighttpd and the floor in runs of 50 consecutive requests against runs of 50 bare spawns; then requests/s\n' +
     'with wrk at 1 and 16 connections against lighttpd mod_cgi and Apache mod_cgid, of serve with the Python helper and with\n' +
     'child_process.spawn (CGI_RUNNER_SPAWNER), and of the floor of a Node CGI host (src/bench/cgi-floor.ts: node:http\n' +
-    'and the native addon, nothing else). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup).',
+    'and the native addon, nothing else). Each kind, and each wrk run, follows an unmeasured warm-up (--warmup,\n' +
+    '--warmup-requests).',
   flags: {
     requests: { type: 'string', valueName: 'N', default: '2000', description: 'requests of each kind in the overhead test' },
     duration: { type: 'string', valueName: 'SECONDS', default: '10', description: 'length of each wrk run' },
     rounds: { type: 'string', valueName: 'N', default: '3', description: 'interleaved rounds of the throughput test' },
     warmup: { type: 'string', valueName: 'SECONDS', default: '1', description: 'whole seconds unmeasured: of each kind before the overhead test (at least 50 pairs, even with 0), and a wrk run before each measured one' },
+    'warmup-requests': { type: 'string', valueName: 'N', default: '5000', description: 'requests of each kind, unmeasured and back to back, before the pairs of its warm-up in the overhead test' },
     json: { type: 'string', valueName: 'FILE', description: 'write the figures as JSON' },
     'skip-throughput': { type: 'boolean', description: 'only the overhead test' },
     pin: { type: 'boolean', description: 'in the throughput test, the servers and their scripts on one core and wrk on another (taskset), as in `npm run bench`' },
@@ -44,6 +46,14 @@ const requests = intFlag(values, 'requests', 1);
 const duration = numberFlag(values, 'duration');
 const rounds = intFlag(values, 'rounds', 1);
 const warmup = intFlag(values, 'warmup', 0);
+// A fresh Node server reaches its fastest form only after some thousands of requests: V8 compiles a
+// function with TurboFan once it has run enough bytecode, and a function that runs once per request
+// gets there late. `serve`, started with --trace-opt and sent requests back to back from one
+// connection, was still compiling hot functions after 3,000 (149 of them by then, 166 by 6,000) and
+// answered in 2.1 ms over its first 500 and 1.1 to 1.2 ms from 5,000 on; in alternation with a bare
+// spawn its overhead fell from 1.2 ms over its first 1,000 requests to 0.4 ms from 2,000 on
+// (2026-11-21). The overhead test measures a server as it runs for its users, warm.
+const warmupRequests = intFlag(values, 'warmup-requests', 0);
 /** Requests (and bare spawns) in a row in the second overhead test. */
 const runLength = 50;
 
@@ -59,7 +69,7 @@ const runLength = 50;
 // (6) minus (1), what node:http and the addon alone cost.
 const overheadClient = String.raw`
 import json, os, re, socket, struct, subprocess, sys, time
-port, script, n, helper_script, floor_port, peer_port, warmup, run_length, host_floor_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
+port, script, n, helper_script, floor_port, peer_port, warmup, run_length, host_floor_port, warmup_requests = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'GATEWAY_INTERFACE': 'CGI/1.1', 'REQUEST_METHOD': 'GET',
        'SCRIPT_NAME': '/cgi-bin/hello.sh', 'QUERY_STRING': '', 'SERVER_PROTOCOL': 'HTTP/1.1', 'SERVER_NAME': '127.0.0.1',
        'SERVER_PORT': str(port), 'REMOTE_ADDR': '127.0.0.1', 'REMOTE_PORT': '40000', 'REQUEST_URI': '/cgi-bin/hello.sh',
@@ -140,8 +150,11 @@ def spawned():
 # that a machine whose speed drifts affects them alike. Even the one bare spawn between two requests
 # does that, which a server that gets its requests back to back does not meet: hence the runs below.
 kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else []) + ([('hostFloor', host_floor)] if host_floor_sock else [])
-# Unmeasured first: a Node server's code is compiled to its fastest form only after a while.
+# Unmeasured first: a Node server's code is compiled to its fastest form only after some thousands
+# of requests (see warmupRequests), then pairs, so that the caches meet the test's pattern.
 for _, run in kinds:
+    for i in range(warmup_requests):
+        run()
     until = time.perf_counter() + warmup
     for i in range(1000000):
         if i >= 50 and time.perf_counter() >= until:
@@ -303,7 +316,7 @@ async function main(): Promise<void> {
     const hostFloor = loadSpawnAddon() instanceof Error ? undefined : await startCgiFloor(script);
     if (hostFloor) background.push(hostFloor);
     const hostFloorPort = hostFloor ? new URL(hostFloor.url).port : '0';
-    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup), String(runLength), hostFloorPort], {
+    const { stdout } = await execFileAsync('python3', ['-c', overheadClient, String(serve.port), script, String(requests), helperScript, String(floor.port), peerPort, String(warmup), String(runLength), hostFloorPort, String(warmupRequests)], {
       maxBuffer: 64 * 1024 * 1024,
       timeout: 600_000,
     });
@@ -335,6 +348,7 @@ async function main(): Promise<void> {
     const overhead = {
       requests,
       warmup,
+      warmupRequests,
       serve: serveStats,
       overhead: serveStats.overhead,
       helper,
@@ -358,7 +372,7 @@ async function main(): Promise<void> {
         `  ${label.padEnd(34)} ${ms(s.median)} ${ms(s.p99)}   ${ms(s.bare.median)} ${ms(s.bare.p99)}` +
           (withOverhead ? `   ${ms(s.overhead!.median)} ${ms(s.overhead!.p99)}` : ''),
       );
-    console.log(`overhead over ${requests} requests of each kind, each in alternation with a bare spawn of hello.sh (ms):`);
+    console.log(`overhead over ${requests} requests of each kind (after ${warmupRequests} unmeasured), each in alternation with a bare spawn of hello.sh (ms):`);
     console.log(`  ${''.padEnd(34)} ${'median'.padStart(7)} ${'p99'.padStart(7)}   ${'bare'.padStart(7)} ${'p99'.padStart(7)}   ${'minus'.padStart(7)} ${'p99'.padStart(7)}`);
     row('serve -> hello.sh', serveStats);
     if (peer) row('lighttpd mod_cgi -> hello.sh', peer);
