@@ -475,11 +475,13 @@ describe('timeouts and disconnects', () => {
   test('a script that runs past --cgi-timeout: 504 through nginx and Apache, and its process group is killed', async (t) => {
     if (skipIfMissing(t, missing)) return;
     const started = Date.now();
-    const [viaNginx, viaApache, partial, head] = await Promise.all([
+    const [viaNginx, viaApache, partial, head, headOpen] = await Promise.all([
       request(nginx!.port!, '/t/sleepy.sh?timeout-nginx'),
       request(apache!.port, '/t/sleepy.sh?timeout-apache'),
       request(nginx!.port!, '/t/partial.sh?timeout-partial'),
       request(nginx!.port!, '/t/answer-then-linger.sh?timeout-head', { method: 'HEAD' }),
+      // A HEAD to a script that keeps its stdout open: the head was sent, the body is not wanted.
+      request(nginx!.port!, '/t/partial.sh?timeout-head-open', { method: 'HEAD' }),
     ]);
     assert.equal(viaNginx.status, 504);
     assert.equal(viaApache.status, 504);
@@ -489,11 +491,13 @@ describe('timeouts and disconnects', () => {
     assert.ok(Date.now() - started < 8000);
     // A script that answered in full and lingered: nothing to cut, and its kill is logged as such.
     assert.equal(head.status, 200);
-    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache'), groupGone('timeout-partial'), groupGone('timeout-head')]);
+    assert.equal(headOpen.status, 200);
+    await Promise.all([groupGone('timeout-nginx'), groupGone('timeout-apache'), groupGone('timeout-partial'), groupGone('timeout-head'), groupGone('timeout-head-open')]);
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "fastcgi: sleepy\.sh: the script ran longer than 4 s"/);
     // (The responder reports a body that breaks off: "app: " and the reason, once.)
     assert.match(nginx!.errorLog(), /FastCGI sent in stderr: "app: cgi: the script ran longer than 4 s" while reading upstream/);
     await eventually(() => testResponder!.stderr(), /cgi: the script ran longer than 4 s after its response was complete; it was killed \[[^\]]*answer-then-linger\.sh, request \d+, uri=\/t\/answer-then-linger\.sh\?timeout-head\]/);
+    await eventually(() => testResponder!.stderr(), /cgi: the script ran longer than 4 s after its response was sent without its body; it was killed \[[^\]]*partial\.sh, request \d+, uri=\/t\/partial\.sh\?timeout-head-open\]/);
     assert.doesNotMatch(testResponder!.stderr(), /cut short/);
   });
 

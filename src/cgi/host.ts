@@ -72,8 +72,11 @@ export interface CgiResponse {
    * out with its length, in one write, and without a stream in between.
    */
   takeWhole(): Buffer | undefined;
-  /** Nobody wants the body (a local redirect, a HEAD request): what the script still writes is read and dropped. */
-  discard(): void;
+  /**
+   * Nobody wants the body (a local redirect, a HEAD request): what the script still writes is read
+   * and dropped. `why` names the case in the log, should the script be killed at the timeout.
+   */
+  discard(why?: 'local-redirect'): void;
   finished: Promise<CgiFinish>;
 }
 
@@ -88,6 +91,12 @@ export type CgiOutcome =
     };
 
 const maxStderrLine = 8192;
+/** What a kill at the timeout came after, when it cut nothing anyone reads (see onLateKill). */
+const lateKillContext = {
+  complete: 'after its response was complete',
+  'local-redirect': 'after its local redirect was followed',
+  unsent: 'after its response was sent without its body',
+} as const;
 const ignoreError = () => {};
 /** Body bytes held for a response whose body nobody has asked for yet, before the script is paused. */
 const heldBodyLimit = 64 * 1024;
@@ -288,7 +297,7 @@ class Run implements StdoutSink {
   private heldBytes = 0;
   private bodyTaken = false;
   /** The body was discarded (a local redirect, a HEAD): a kill cuts nothing anyone reads. */
-  private discarded = false;
+  private discarded: false | 'local-redirect' | 'unsent' = false;
   /** Why the body broke off (a kill) before there was a stream to end with it. */
   private bodyError: Error | undefined;
   private outcomeSent = false;
@@ -332,7 +341,7 @@ class Run implements StdoutSink {
       if (this.responding) {
         // Complete, or discarded (a local redirect, a HEAD): nobody reads what the kill cuts off.
         const cut = !this.stdoutEnded && !this.discarded;
-        this.invocation.onLateKill?.(cut ? `${reason}; its response was cut short` : `${reason} after its response was complete; it was killed`, cut);
+        this.invocation.onLateKill?.(cut ? `${reason}; its response was cut short` : `${reason} ${lateKillContext[this.stdoutEnded ? 'complete' : this.discarded || 'complete']}; it was killed`, cut);
       }
       this.kill(reason, 504);
     }, host.options.timeoutMs);
@@ -453,8 +462,8 @@ class Run implements StdoutSink {
   }
 
   /** @internal CgiResponse.discard. */
-  discard(): void {
-    this.discarded = true;
+  discard(why?: 'local-redirect'): void {
+    this.discarded = why ?? 'unsent';
     this.bodyStream().resume();
   }
 
@@ -618,8 +627,8 @@ class ScriptResponse implements CgiResponse {
     return this.run.takeWhole();
   }
 
-  discard(): void {
-    this.run.discard();
+  discard(why?: 'local-redirect'): void {
+    this.run.discard(why);
   }
 }
 

@@ -52,7 +52,7 @@ export function cgiRoute(options: CgiRouteOptions): Route {
     const { head } = outcome;
     if (head.kind === 'local-redirect') {
       // §6.2.2: the server serves the new path itself, as a GET; the script's body is dropped.
-      outcome.discard();
+      outcome.discard('local-redirect');
       if (request.redirects >= maxRedirects) {
         logError(`cgi: more than ${maxRedirects} local redirects, the last to ${head.location}`, { target: location.scriptName });
         return request.error(500);
