@@ -340,8 +340,9 @@ class Run implements StdoutSink {
       const reason = `cgi: the script ran longer than ${host.options.timeoutMs / 1000} s`;
       if (this.responding) {
         // Complete, or discarded (a local redirect, a HEAD): nobody reads what the kill cuts off.
-        const cut = !this.stdoutEnded && !this.discarded;
-        this.invocation.onLateKill?.(cut ? `${reason}; its response was cut short` : `${reason} ${lateKillContext[this.stdoutEnded ? 'complete' : this.discarded || 'complete']}; it was killed`, cut);
+        const after = this.stdoutEnded ? 'complete' : this.discarded;
+        if (after) this.invocation.onLateKill?.(`${reason} ${lateKillContext[after]}; it was killed`, false);
+        else this.invocation.onLateKill?.(`${reason}; its response was cut short`, true);
       }
       this.kill(reason, 504);
     }, host.options.timeoutMs);
