@@ -152,15 +152,19 @@ def spawned():
 kinds = [('helper', spawned), ('http', http), ('floor', floor)] + ([('peer', peer)] if peer_sock else []) + ([('hostFloor', host_floor)] if host_floor_sock else [])
 # Unmeasured first: a Node server's code is compiled to its fastest form only after some thousands
 # of requests (see warmupRequests), then pairs, so that the caches meet the test's pattern.
-for _, run in kinds:
-    for i in range(warmup_requests):
+warmed = {}
+for name, run in kinds:
+    requests_done = 0
+    while requests_done < warmup_requests:
         run()
+        requests_done += 1
     until = time.perf_counter() + warmup
-    for i in range(1000000):
-        if i >= 50 and time.perf_counter() >= until:
-            break
+    pairs = 0
+    while pairs < 50 or time.perf_counter() < until:
         bare()
         run()
+        pairs += 1
+    warmed[name] = {'requests': requests_done, 'pairs': pairs}
 samples = {name: [] for name, _ in kinds}
 bare_samples = {name: [] for name, _ in kinds}
 block = 250
@@ -191,7 +195,7 @@ for start in range(0, n, run_length):
 assert b'hello' in http()
 helper.stdin.close()
 helper.wait()
-print(json.dumps({'kinds': samples, 'bare': bare_samples, 'runs': runs, 'runBare': run_bare}))
+print(json.dumps({'kinds': samples, 'bare': bare_samples, 'runs': runs, 'runBare': run_bare, 'warmed': warmed}))
 `;
 
 interface Target {
@@ -322,7 +326,14 @@ async function main(): Promise<void> {
     });
     type Kind = 'helper' | 'http' | 'floor' | 'peer' | 'hostFloor';
     type Stats = { median: number; p99: number };
-    const samples = JSON.parse(stdout) as { kinds: Partial<Record<Kind, number[]>>; bare: Partial<Record<Kind, number[]>>; runs: Partial<Record<Kind, number[]>>; runBare: Partial<Record<Kind, number[]>> };
+    const samples = JSON.parse(stdout) as {
+      kinds: Partial<Record<Kind, number[]>>;
+      bare: Partial<Record<Kind, number[]>>;
+      runs: Partial<Record<Kind, number[]>>;
+      runBare: Partial<Record<Kind, number[]>>;
+      /** What each kind got unmeasured before its pairs: requests back to back, then pairs. */
+      warmed: Partial<Record<Kind, { requests: number; pairs: number }>>;
+    };
     const stats = (xs: number[]) => {
       const sorted = xs.map((x) => x * 1000).sort((a, b) => a - b);
       return { median: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
@@ -349,6 +360,7 @@ async function main(): Promise<void> {
       requests,
       warmup,
       warmupRequests,
+      warmed: samples.warmed,
       serve: serveStats,
       overhead: serveStats.overhead,
       helper,
